@@ -1,0 +1,311 @@
+"""The public entry point: ``Dia.from_pretrained(...)`` and ``Dia.generate(...)``."""
+
+from __future__ import annotations
+
+import math
+import os
+import secrets
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from . import checkpoint
+from .config import DiaConfig
+from .errors import DiaError
+from .generate import RowRequest, generate_rows
+from .model import DiaModel
+from .text import encode_script, validate_script
+
+DEFAULT_CODEC = "descript/dac_44khz"
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+           "float16": torch.float16, "fp16": torch.float16}
+MAX_SEED = 2**63 - 1
+
+
+@dataclass
+class GenerationResult:
+    codes: np.ndarray  # int64 [frames, channels]: delay reverted, prompt excluded; what the codec decodes
+    ended_by_eos: bool  # False: the row ran into its length limit
+    seed: int  # the seed actually used (drawn at random when none was given)
+    prompt_frames: int
+    settings: dict[str, Any] = field(default_factory=dict)
+    audio: np.ndarray | None = None  # float32 mono waveform, when decoded
+    sample_rate: int = 44100
+    frame_rate: float = 44100 / 512
+
+    @property
+    def frames(self) -> int:
+        return int(self.codes.shape[0])
+
+    @property
+    def duration_s(self) -> float:
+        return self.frames / self.frame_rate
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    if device is None:
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise DiaError("device='cuda' asked for, but torch sees no CUDA GPU (is this a CPU build of torch?)")
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise DiaError("device='mps' asked for, but MPS is not available on this machine")
+    return dev
+
+
+def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        if dtype in _DTYPES.values():
+            return dtype
+    elif dtype in _DTYPES:
+        return _DTYPES[dtype]
+    raise DiaError(f"dtype {dtype!r} is not supported; use float32, bfloat16 or float16")
+
+
+def _per_row(name: str, value: Any, n: int) -> list[Any]:
+    if isinstance(value, (list, tuple, np.ndarray)) and not (name == "audio_prompts" and isinstance(value, np.ndarray)):
+        if len(value) != n:
+            raise DiaError(f"{name} has {len(value)} entries for {n} texts; give one per text or a single value")
+        return list(value)
+    return [value] * n
+
+
+class Dia:
+    """A loaded Dia model (and optionally its audio codec)."""
+
+    def __init__(self, model: DiaModel, device: torch.device, info: dict[str, Any], codec: Any = None):
+        self.model = model
+        self.config: DiaConfig = model.cfg
+        self.device = device
+        self.info = info
+        self.codec = codec
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_pretrained(
+        cls,
+        source: str | os.PathLike = "nari-labs/Dia-1.6B-0626",
+        *,
+        revision: str | None = None,
+        device: str | torch.device | None = None,
+        dtype: str | torch.dtype = "float32",
+        load_codec: bool = True,
+        codec_source: str | os.PathLike | None = None,
+    ) -> "Dia":
+        """Load a checkpoint from a local folder/file or a Hub repo id (only needed files are fetched).
+
+        Both config schemas and both key layouts are accepted; loading is strict.
+        A folder with a ``codec/`` subfolder (tiny checkpoints) brings its own codec.
+        """
+        dev, torch_dtype = resolve_device(device), resolve_dtype(dtype)
+        resolved = checkpoint.resolve(source, revision)
+        cfg = DiaConfig.from_json(str(resolved.config_path))
+        with torch.device("meta"):
+            model = DiaModel(cfg)
+        params, layout = checkpoint.load_parameters(
+            cfg, resolved.weight_files, torch_dtype, dev, model.parameter_shapes()
+        )
+        model.load_state_dict(params, strict=True, assign=True)
+        del params
+        model.init_buffers(dev)
+        model.requires_grad_(False).eval()
+        info = {
+            "source": str(source), "revision": revision, "schema": cfg.schema, "layout": layout,
+            "weights": [p.name for p in resolved.weight_files], "dtype": str(torch_dtype).replace("torch.", ""),
+            "device": str(dev),
+        }
+        codec = None
+        if load_codec:
+            from .codec import DacCodec
+
+            local = resolved.folder / "codec"
+            src = codec_source or (local if (local / "config.json").is_file() else DEFAULT_CODEC)
+            codec = DacCodec.from_pretrained(str(src), device=str(dev))
+            info["codec"] = str(src)
+        return cls(model, dev, info, codec)
+
+    # ------------------------------------------------------------------ facts
+    @property
+    def sample_rate(self) -> int:
+        return self.codec.sample_rate if self.codec is not None else 44100
+
+    @property
+    def frame_rate(self) -> float:
+        return self.codec.frame_rate if self.codec is not None else 44100 / 512
+
+    @property
+    def max_frames(self) -> int:
+        return self.config.max_frames
+
+    def max_new_frames_limit(self, prompt_frames: int = 0) -> int:
+        """The most frames a row can generate after a prompt of this many frames."""
+        return self.config.max_frames - self.config.max_delay - 1 - prompt_frames
+
+    # ------------------------------------------------------------------ generation
+    def generate(
+        self,
+        texts: str | Sequence[str],
+        *,
+        cfg_scale: float | Sequence[float] = 3.0,
+        temperature: float | Sequence[float] = 1.2,
+        top_p: float | Sequence[float] = 0.95,
+        top_k: int | Sequence[int] = 45,
+        max_new_frames: int | None | Sequence[int | None] = None,
+        seed: int | None | Sequence[int | None] = None,
+        audio_prompts: Any = None,
+        prompt_transcripts: str | None | Sequence[str | None] = None,
+        decode_audio: bool = True,
+        reference_prompt_span: bool = False,
+    ) -> list[GenerationResult]:
+        """Generate one result per text; every setting is a scalar or one value per text.
+
+        ``top_k`` is the reference's ``cfg_filter_top_k``.  ``max_new_frames=None``
+        means as many as the model allows after the row's prompt.  Audio prompts are
+        codes ``[frames, 9]`` or audio file paths (needs the codec); the prompt's
+        transcript is prefixed to the text when given.  All input is checked first:
+        a :class:`DiaError` names every bad row before any decoding starts.
+
+        A row's result depends only on its own inputs and seed.  The one place the
+        reference lets rows interact (prompts of different lengths in one batch) is
+        reproduced bit for bit with ``reference_prompt_span=True``.
+        """
+        single = isinstance(texts, str)
+        text_list = [texts] if single else list(texts)
+        n = len(text_list)
+        if n == 0:
+            return []
+        rows = {
+            "cfg_scale": _per_row("cfg_scale", cfg_scale, n),
+            "temperature": _per_row("temperature", temperature, n),
+            "top_p": _per_row("top_p", top_p, n),
+            "top_k": _per_row("top_k", top_k, n),
+            "max_new_frames": _per_row("max_new_frames", max_new_frames, n),
+            "seed": _per_row("seed", seed, n),
+            "audio_prompts": _per_row("audio_prompts", audio_prompts, n),
+            "prompt_transcripts": _per_row("prompt_transcripts", prompt_transcripts, n),
+        }
+        problems: list[str] = []
+        prompts = self._prompt_codes(rows["audio_prompts"], problems)
+        requests: list[RowRequest] = []
+        for i in range(n):
+            req = self._row_request(i, text_list[i], prompts[i], {k: v[i] for k, v in rows.items()}, problems)
+            if req is not None:
+                requests.append(req)
+        if problems:
+            raise DiaError("cannot generate: " + "; ".join(problems))
+
+        outputs = generate_rows(self.model, requests, self.device, reference_prompt_span)
+        results = [
+            GenerationResult(
+                codes=o.codes, ended_by_eos=o.ended_by_eos, seed=r.seed,
+                prompt_frames=0 if r.prompt is None else len(r.prompt),
+                settings={"cfg_scale": r.cfg_scale, "temperature": r.temperature, "top_p": r.top_p,
+                          "top_k": r.top_k, "max_new_frames": r.max_new_frames},
+                sample_rate=self.sample_rate, frame_rate=self.frame_rate,
+            )
+            for o, r in zip(outputs, requests)
+        ]
+        if decode_audio and self.codec is not None:
+            for res, wave in zip(results, self.decode_audio([r.codes for r in results])):
+                res.audio = wave
+        return results
+
+    def decode_audio(self, codes: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Codes [frames, 9] per item -> float32 waveforms, decoded in batches."""
+        if self.codec is None:
+            raise DiaError("no codec is loaded: use Dia.from_pretrained(..., load_codec=True)")
+        return self.codec.decode(list(codes))
+
+    # ------------------------------------------------------------------ input checks
+    def _prompt_codes(self, prompts: list[Any], problems: list[str]) -> list[np.ndarray | None]:
+        """Per row: None, checked codes, or codes encoded from an audio file (batched)."""
+        out: list[np.ndarray | None] = [None] * len(prompts)
+        to_encode: list[tuple[int, np.ndarray]] = []
+        cfg = self.config
+        for i, p in enumerate(prompts):
+            if p is None:
+                continue
+            if isinstance(p, (str, os.PathLike)):
+                if self.codec is None:
+                    problems.append(f"row {i}: an audio-file prompt needs the codec (load_codec=True), or pass codes")
+                    continue
+                from .audio import AudioError, load_audio
+
+                try:
+                    to_encode.append((i, load_audio(p, self.codec.sample_rate)))
+                except (AudioError, OSError) as e:
+                    problems.append(f"row {i}: audio prompt {os.fspath(p)!r} cannot be used: {e}")
+                continue
+            codes = np.asarray(p)
+            if codes.ndim != 2 or codes.shape[1] != cfg.channels or not np.issubdtype(codes.dtype, np.integer):
+                problems.append(
+                    f"row {i}: audio prompt codes must be integers of shape [frames, {cfg.channels}], "
+                    f"got {codes.dtype} {list(codes.shape)}"
+                )
+            elif codes.size and (codes.min() < 0 or codes.max() >= cfg.eos_token):
+                problems.append(f"row {i}: audio prompt codes must lie in 0..{cfg.eos_token - 1}")
+            else:
+                out[i] = codes.astype(np.int64)
+        if to_encode:
+            for (i, _), codes in zip(to_encode, self.codec.encode([w for _, w in to_encode])):
+                out[i] = codes
+        return out
+
+    def _row_request(self, i: int, text: Any, prompt: np.ndarray | None, row: dict[str, Any],
+                     problems: list[str]) -> RowRequest | None:
+        before = len(problems)
+        transcript = row["prompt_transcripts"]
+        if transcript is not None:
+            if not isinstance(transcript, str):
+                problems.append(f"row {i}: prompt transcript must be a string")
+            elif isinstance(text, str):
+                text = f"{transcript.rstrip()} {text.lstrip()}"
+        problems += [f"row {i}: {p}" for p in validate_script(text, self.config.text_length)]
+
+        def number(name: str, lo: float, hi: float, integer: bool = False) -> Any:
+            value = row[name]
+            ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+            if ok and integer and float(value) != int(value):
+                ok = False
+            if not ok or not math.isfinite(float(value)) or not lo <= float(value) <= hi:
+                kind = "an integer" if integer else "a number"
+                problems.append(f"row {i}: {name}={value!r} must be {kind} in [{lo}, {hi}]")
+                return None
+            return int(value) if integer else float(value)
+
+        cfg_scale = number("cfg_scale", 0.0, 100.0)
+        temperature = number("temperature", 0.0, 100.0)
+        top_p = number("top_p", 1e-6, 1.0)
+        top_k = number("top_k", 1, self.config.audio_vocab, integer=True)
+        prompt_frames = 0 if prompt is None else len(prompt)
+        limit = self.max_new_frames_limit(prompt_frames)
+        if limit < 1:
+            problems.append(
+                f"row {i}: the audio prompt has {prompt_frames} frames, which leaves no room in the model's "
+                f"{self.config.max_frames}-frame timeline; use a prompt of at most {self.max_new_frames_limit() - 1} frames"
+            )
+        max_new = row["max_new_frames"]
+        if max_new is None:
+            max_new = max(limit, 1)
+        else:
+            max_new = number("max_new_frames", 1, max(limit, 1), integer=True)
+            if max_new is None and limit >= 1:
+                problems[-1] += (
+                    f" (the model holds {self.config.max_frames} frames: at most {limit} new frames after a "
+                    f"{prompt_frames}-frame prompt)"
+                )
+        seed = row["seed"]
+        if seed is None:
+            seed = secrets.randbits(63)
+        else:
+            seed = number("seed", 0, MAX_SEED, integer=True)
+        if len(problems) > before:
+            return None
+        return RowRequest(encode_script(text), prompt, max_new, cfg_scale, temperature, top_p, top_k, seed)
+

@@ -1,0 +1,249 @@
+"""The Dia network: a byte-level text encoder and a 9-channel audio-code decoder.
+
+Faithful to the reference numerics (spec §5): attention with scale 1 (the 1/sqrt(d)
+is folded into the trained weights), rotate-half RoPE computed in fp32, RMSNorm with
+fp32 weights, gated-SiLU MLPs, channel embeddings summed, fp32 logits.  Weights use
+``nn.Linear``'s [out, in] layout with Q/K/V, cross K/V and gate/up fused.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .config import DiaConfig
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim, dtype=torch.float32))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.rms_norm(x.float(), self.weight.shape, self.weight, self.eps).to(x.dtype)
+
+
+class Rope(nn.Module):
+    """Rotate-half rotary embedding with the reference's fp32 timescales."""
+
+    def __init__(self, head_dim: int, theta: float, max_positions: int):
+        super().__init__()
+        self.head_dim, self.theta, self.max_positions = head_dim, theta, max_positions
+        self.register_buffer("cos", torch.empty(max_positions, head_dim // 2), persistent=False)
+        self.register_buffer("sin", torch.empty(max_positions, head_dim // 2), persistent=False)
+        self.reset(self.cos.device)
+
+    def reset(self, device: torch.device) -> None:
+        """(Re)compute the tables, e.g. after the model was built on the meta device."""
+        if torch.device(device).type == "meta":
+            return
+        fraction = 2.0 * torch.arange(self.head_dim // 2, dtype=torch.float32, device=device) / self.head_dim
+        timescale = self.theta**fraction
+        angles = torch.arange(self.max_positions, dtype=torch.float32, device=device)[:, None] / timescale[None, :]
+        self.cos, self.sin = angles.cos(), angles.sin()
+
+    def forward(self, x: Tensor, positions: Tensor) -> Tensor:
+        """x: [B, T, heads, head_dim]; positions: [T] (int)."""
+        cos = self.cos[positions][:, None, :]
+        sin = self.sin[positions][:, None, :]
+        a, b = x.float().chunk(2, dim=-1)
+        return torch.cat((a * cos - b * sin, b * cos + a * sin), dim=-1).to(x.dtype)
+
+
+class GatedMLP(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.gate_up = nn.Linear(dim, 2 * hidden, bias=False)
+        self.down = nn.Linear(hidden, dim, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        gate, up = self.gate_up(x).chunk(2, dim=-1)
+        return self.down(F.silu(gate) * up)
+
+
+def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, causal: bool = False) -> Tensor:
+    """q: [B, Hq, T, d]; k, v: [B, Hkv, S, d]; unscaled dot products (scale 1)."""
+    return F.scaled_dot_product_attention(
+        q, k, v, attn_mask=mask, is_causal=causal, scale=1.0, enable_gqa=q.shape[1] != k.shape[1]
+    )
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, dim: int, heads: int, kv_heads: int, head_dim: int):
+        super().__init__()
+        self.heads, self.kv_heads, self.head_dim = heads, kv_heads, head_dim
+        self.qkv = nn.Linear(dim, (heads + 2 * kv_heads) * head_dim, bias=False)
+        self.out = nn.Linear(heads * head_dim, dim, bias=False)
+
+    def project(self, x: Tensor, rope: Rope, positions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """-> q [B, Hq, T, d], k and v [B, Hkv, T, d], RoPE applied."""
+        b, t, _ = x.shape
+        d = self.head_dim
+        q, k, v = self.qkv(x).split([self.heads * d, self.kv_heads * d, self.kv_heads * d], dim=-1)
+        q = rope(q.view(b, t, self.heads, d), positions).transpose(1, 2)
+        k = rope(k.view(b, t, self.kv_heads, d), positions).transpose(1, 2)
+        return q, k, v.view(b, t, self.kv_heads, d).transpose(1, 2)
+
+    def merge(self, y: Tensor) -> Tensor:
+        b, _, t, _ = y.shape
+        return self.out(y.transpose(1, 2).reshape(b, t, self.heads * self.head_dim))
+
+
+class CrossAttention(nn.Module):
+    def __init__(self, dim: int, enc_dim: int, heads: int, head_dim: int):
+        super().__init__()
+        self.heads, self.head_dim = heads, head_dim
+        self.q = nn.Linear(dim, heads * head_dim, bias=False)
+        self.kv = nn.Linear(enc_dim, 2 * heads * head_dim, bias=False)
+        self.out = nn.Linear(heads * head_dim, dim, bias=False)
+
+    def keys_values(self, enc: Tensor, rope: Rope | None) -> tuple[Tensor, Tensor]:
+        """Computed once per request: [B, H, S, d] each."""
+        b, s, _ = enc.shape
+        k, v = self.kv(enc).view(b, s, 2, self.heads, self.head_dim).unbind(2)
+        if rope is not None:  # v0.1 semantics: keys rotated at encoder positions
+            k = rope(k, torch.arange(s, device=enc.device))
+        return k.transpose(1, 2), v.transpose(1, 2)
+
+    def forward(self, x: Tensor, k: Tensor, v: Tensor, mask: Tensor, rope: Rope | None, positions: Tensor) -> Tensor:
+        b, t, _ = x.shape
+        q = self.q(x).view(b, t, self.heads, self.head_dim)
+        if rope is not None:
+            q = rope(q, positions)
+        y = attend(q.transpose(1, 2), k, v, mask)
+        return self.out(y.transpose(1, 2).reshape(b, t, self.heads * self.head_dim))
+
+
+class EncoderLayer(nn.Module):
+    def __init__(self, cfg: DiaConfig):
+        super().__init__()
+        self.attn_norm = RMSNorm(cfg.enc_hidden, cfg.norm_eps)
+        self.attn = SelfAttention(cfg.enc_hidden, cfg.enc_heads, cfg.enc_kv_heads, cfg.enc_head_dim)
+        self.mlp_norm = RMSNorm(cfg.enc_hidden, cfg.norm_eps)
+        self.mlp = GatedMLP(cfg.enc_hidden, cfg.enc_mlp)
+
+    def forward(self, x: Tensor, mask: Tensor, rope: Rope, positions: Tensor) -> Tensor:
+        q, k, v = self.attn.project(self.attn_norm(x), rope, positions)
+        x = x + self.attn.merge(attend(q, k, v, mask))
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class Encoder(nn.Module):
+    def __init__(self, cfg: DiaConfig):
+        super().__init__()
+        self.embedding = nn.Embedding(cfg.text_vocab, cfg.enc_hidden)
+        self.layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.enc_layers))
+        self.norm = RMSNorm(cfg.enc_hidden, cfg.norm_eps)
+        self.rope = Rope(cfg.enc_head_dim, cfg.rope_theta, cfg.text_length)
+
+    def forward(self, tokens: Tensor, padding: Tensor) -> Tensor:
+        """tokens [B, S] bytes; padding [B, S] True where real text.
+
+        A padded position attends only to padded positions and a real one only to
+        real ones (the reference's mask): no row is fully masked, so no NaNs.
+        """
+        mask = (padding[:, None, :, None] == padding[:, None, None, :])
+        positions = torch.arange(tokens.shape[1], device=tokens.device)
+        x = self.embedding(tokens)
+        for layer in self.layers:
+            x = layer(x, mask, self.rope, positions)
+        return self.norm(x)
+
+
+class KVCache:
+    """Static per-layer self-attention cache: [layers, rows, kv_heads, capacity, head_dim]."""
+
+    def __init__(self, layers: int, rows: int, kv_heads: int, capacity: int, head_dim: int,
+                 dtype: torch.dtype, device: torch.device):
+        shape = (layers, rows, kv_heads, capacity, head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+
+    def keep_rows(self, index: Tensor, length: int) -> None:
+        """Drop finished rows: only the first ``length`` slots hold data, so only those are copied."""
+        shape = (self.k.shape[0], index.numel(), *self.k.shape[2:])
+        for name in ("k", "v"):
+            old = getattr(self, name)
+            new = torch.zeros(shape, dtype=old.dtype, device=old.device)
+            new[:, :, :, :length] = old[:, index, :, :length]
+            setattr(self, name, new)
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: DiaConfig):
+        super().__init__()
+        self.self_attn_norm = RMSNorm(cfg.dec_hidden, cfg.norm_eps)
+        self.self_attn = SelfAttention(cfg.dec_hidden, cfg.dec_heads, cfg.dec_kv_heads, cfg.dec_head_dim)
+        self.cross_attn_norm = RMSNorm(cfg.dec_hidden, cfg.norm_eps)
+        self.cross_attn = CrossAttention(cfg.dec_hidden, cfg.enc_hidden, cfg.cross_heads, cfg.cross_head_dim)
+        self.mlp_norm = RMSNorm(cfg.dec_hidden, cfg.norm_eps)
+        self.mlp = GatedMLP(cfg.dec_hidden, cfg.dec_mlp)
+
+
+class Decoder(nn.Module):
+    def __init__(self, cfg: DiaConfig):
+        super().__init__()
+        self.cfg = cfg
+        # One table with channel c's codes at rows c*V .. (c+1)*V-1; a frame's embedding is the sum.
+        self.embedding = nn.Embedding(cfg.channels * cfg.audio_vocab, cfg.dec_hidden)
+        self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.dec_layers))
+        self.norm = RMSNorm(cfg.dec_hidden, cfg.norm_eps)
+        self.head = nn.Linear(cfg.dec_hidden, cfg.channels * cfg.audio_vocab, bias=False)
+        self.rope = Rope(cfg.dec_head_dim, cfg.rope_theta, cfg.max_frames)
+        self.cross_rope = Rope(cfg.cross_head_dim, cfg.rope_theta, max(cfg.max_frames, cfg.text_length)) \
+            if cfg.cross_rope else None
+        self.register_buffer("channel_offsets", torch.arange(cfg.channels) * cfg.audio_vocab, persistent=False)
+
+    def cross_keys_values(self, enc: Tensor) -> list[tuple[Tensor, Tensor]]:
+        return [layer.cross_attn.keys_values(enc, self.cross_rope) for layer in self.layers]
+
+    def forward(self, frames: Tensor, start: int, cache: KVCache, cross_kv: list[tuple[Tensor, Tensor]],
+                cross_mask: Tensor) -> Tensor:
+        """frames [B, T, C] codes at timeline positions start..start+T-1 -> logits [B, T, C, V] fp32.
+
+        Writes this block's keys/values into the cache and attends to everything
+        before it; a block starting at 0 is a causal prefill.
+        """
+        b, t, c = frames.shape
+        end = start + t
+        positions = torch.arange(start, end, device=frames.device)
+        x = F.embedding(frames + self.channel_offsets, self.embedding.weight).sum(dim=2)
+        for i, layer in enumerate(self.layers):
+            q, k, v = layer.self_attn.project(layer.self_attn_norm(x), self.rope, positions)
+            cache.k[i, :, :, start:end] = k
+            cache.v[i, :, :, start:end] = v
+            keys, values = cache.k[i, :, :, :end], cache.v[i, :, :, :end]
+            if t == 1:
+                y = attend(q, keys, values)
+            elif start == 0:
+                y = attend(q, keys, values, causal=True)
+            else:  # a block after cached history: causal within the block
+                allowed = torch.ones(t, end, dtype=torch.bool, device=x.device).tril(diagonal=start)
+                y = attend(q, keys, values, allowed)
+            x = x + layer.self_attn.merge(y)
+            ck, cv = cross_kv[i]
+            x = x + layer.cross_attn(layer.cross_attn_norm(x), ck, cv, cross_mask, self.cross_rope, positions)
+            x = x + layer.mlp(layer.mlp_norm(x))
+        logits = self.head(self.norm(x)).float()
+        return logits.view(b, t, c, self.cfg.audio_vocab)
+
+
+class DiaModel(nn.Module):
+    def __init__(self, cfg: DiaConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = Encoder(cfg)
+        self.decoder = Decoder(cfg)
+
+    def parameter_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {name: tuple(p.shape) for name, p in self.named_parameters()}
+
+    def init_buffers(self, device: torch.device) -> None:
+        """Fill the derived (non-persistent) buffers once parameters have been assigned."""
+        for module in self.modules():
+            if isinstance(module, Rope):
+                module.reset(device)
+        cfg = self.cfg
+        self.decoder.channel_offsets = torch.arange(cfg.channels, device=device) * cfg.audio_vocab
