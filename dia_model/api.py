@@ -271,13 +271,15 @@ class Dia:
         def number(name: str, lo: float, hi: float, integer: bool = False) -> Any:
             value = row[name]
             ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
-            if ok and integer and float(value) != int(value):
-                ok = False
-            if not ok or not math.isfinite(float(value)) or not lo <= float(value) <= hi:
+            ok = ok and math.isfinite(float(value))
+            if ok and integer:
+                ok = isinstance(value, (int, np.integer)) or float(value).is_integer()
+                value = int(value) if ok else value
+            if not ok or not lo <= value <= hi:
                 kind = "an integer" if integer else "a number"
                 problems.append(f"row {i}: {name}={value!r} must be {kind} in [{lo}, {hi}]")
                 return None
-            return int(value) if integer else float(value)
+            return value if integer else float(value)
 
         cfg_scale = number("cfg_scale", 0.0, 100.0)
         temperature = number("temperature", 0.0, 100.0)
