@@ -115,6 +115,12 @@ class Dia:
         del params
         model.init_buffers(dev)
         model.requires_grad_(False).eval()
+        if dev.type == "cpu" and torch_dtype != torch.float32:
+            from .cpu_kernels import half_linear
+
+            kernel = half_linear()
+            if kernel is not None:
+                model.use_matmul(kernel)
         info = {
             "source": str(source), "revision": revision, "schema": cfg.schema, "layout": layout,
             "weights": [p.name for p in resolved.weight_files], "dtype": str(torch_dtype).replace("torch.", ""),

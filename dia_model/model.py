@@ -8,6 +8,8 @@ fp32 weights, gated-SiLU MLPs, channel embeddings summed, fp32 logits.  Weights 
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -52,11 +54,23 @@ class Rope(nn.Module):
         return torch.cat((a * cos - b * sin, b * cos + a * sin), dim=-1).to(x.dtype)
 
 
+class Linear(nn.Linear):
+    """``nn.Linear`` without bias whose matmul can be swapped (see ``DiaModel.use_matmul``)."""
+
+    matmul: Callable[[Tensor, Tensor], Tensor] = staticmethod(F.linear)
+
+    def __init__(self, in_features: int, out_features: int):
+        super().__init__(in_features, out_features, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.matmul(x, self.weight)
+
+
 class GatedMLP(nn.Module):
     def __init__(self, dim: int, hidden: int):
         super().__init__()
-        self.gate_up = nn.Linear(dim, 2 * hidden, bias=False)
-        self.down = nn.Linear(hidden, dim, bias=False)
+        self.gate_up = Linear(dim, 2 * hidden)
+        self.down = Linear(hidden, dim)
 
     def forward(self, x: Tensor) -> Tensor:
         gate, up = self.gate_up(x).chunk(2, dim=-1)
@@ -74,8 +88,8 @@ class SelfAttention(nn.Module):
     def __init__(self, dim: int, heads: int, kv_heads: int, head_dim: int):
         super().__init__()
         self.heads, self.kv_heads, self.head_dim = heads, kv_heads, head_dim
-        self.qkv = nn.Linear(dim, (heads + 2 * kv_heads) * head_dim, bias=False)
-        self.out = nn.Linear(heads * head_dim, dim, bias=False)
+        self.qkv = Linear(dim, (heads + 2 * kv_heads) * head_dim)
+        self.out = Linear(heads * head_dim, dim)
 
     def project(self, x: Tensor, rope: Rope, positions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """-> q [B, Hq, T, d], k and v [B, Hkv, T, d], RoPE applied."""
@@ -95,9 +109,9 @@ class CrossAttention(nn.Module):
     def __init__(self, dim: int, enc_dim: int, heads: int, head_dim: int):
         super().__init__()
         self.heads, self.head_dim = heads, head_dim
-        self.q = nn.Linear(dim, heads * head_dim, bias=False)
-        self.kv = nn.Linear(enc_dim, 2 * heads * head_dim, bias=False)
-        self.out = nn.Linear(heads * head_dim, dim, bias=False)
+        self.q = Linear(dim, heads * head_dim)
+        self.kv = Linear(enc_dim, 2 * heads * head_dim)
+        self.out = Linear(heads * head_dim, dim)
 
     def keys_values(self, enc: Tensor, rope: Rope | None) -> tuple[Tensor, Tensor]:
         """Computed once per request: [B, H, S, d] each."""
@@ -190,7 +204,7 @@ class Decoder(nn.Module):
         self.embedding = nn.Embedding(cfg.channels * cfg.audio_vocab, cfg.dec_hidden)
         self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.dec_layers))
         self.norm = RMSNorm(cfg.dec_hidden, cfg.norm_eps)
-        self.head = nn.Linear(cfg.dec_hidden, cfg.channels * cfg.audio_vocab, bias=False)
+        self.head = Linear(cfg.dec_hidden, cfg.channels * cfg.audio_vocab)
         self.rope = Rope(cfg.dec_head_dim, cfg.rope_theta, cfg.max_frames)
         self.cross_rope = Rope(cfg.cross_head_dim, cfg.rope_theta, max(cfg.max_frames, cfg.text_length)) \
             if cfg.cross_rope else None
@@ -239,6 +253,12 @@ class DiaModel(nn.Module):
 
     def parameter_shapes(self) -> dict[str, tuple[int, ...]]:
         return {name: tuple(p.shape) for name, p in self.named_parameters()}
+
+    def use_matmul(self, matmul: Callable[[Tensor, Tensor], Tensor]) -> None:
+        """Route every projection through ``matmul(x, weight)`` (e.g. the CPU half-precision kernel)."""
+        for module in self.modules():
+            if isinstance(module, Linear):
+                module.matmul = matmul
 
     def init_buffers(self, device: torch.device) -> None:
         """Fill the derived (non-persistent) buffers once parameters have been assigned."""
