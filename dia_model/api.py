@@ -97,11 +97,14 @@ class Dia:
         dtype: str | torch.dtype = "float32",
         load_codec: bool = True,
         codec_source: str | os.PathLike | None = None,
+        compile: bool = False,
     ) -> "Dia":
         """Load a checkpoint from a local folder/file or a Hub repo id (only needed files are fetched).
 
         Both config schemas and both key layouts are accepted; loading is strict.
         A folder with a ``codec/`` subfolder (tiny checkpoints) brings its own codec.
+        ``compile=True`` compiles the decoder forward with ``torch.compile`` (dynamic
+        shapes, so the growing timeline and shrinking batch do not recompile).
         """
         dev, torch_dtype = resolve_device(device), resolve_dtype(dtype)
         resolved = checkpoint.resolve(source, revision)
@@ -121,7 +124,10 @@ class Dia:
             kernel = half_linear()
             if kernel is not None:
                 model.use_matmul(kernel)
+        if compile:
+            model.decoder.forward = torch.compile(model.decoder.forward, dynamic=True)
         info = {
+            "compiled": compile,
             "source": str(source), "revision": revision, "schema": cfg.schema, "layout": layout,
             "weights": [p.name for p in resolved.weight_files], "dtype": str(torch_dtype).replace("torch.", ""),
             "device": str(dev),
