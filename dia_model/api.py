@@ -13,7 +13,7 @@ import torch
 
 from . import checkpoint
 from .config import DiaConfig
-from .errors import DiaError
+from .errors import CheckpointError, DiaError
 from .generate import RowRequest, generate_rows
 from .model import DiaModel
 from .text import encode_script, validate_script
@@ -139,6 +139,11 @@ class Dia:
             local = resolved.folder / "codec"
             src = codec_source or (local if (local / "config.json").is_file() else DEFAULT_CODEC)
             codec = DacCodec.from_pretrained(str(src), device=str(dev))
+            if codec.num_codebooks != cfg.channels or codec.codebook_size != cfg.eos_token:
+                raise CheckpointError(
+                    f"codec {src} has {codec.num_codebooks} codebooks of {codec.codebook_size} codes; this Dia "
+                    f"model needs {cfg.channels} of {cfg.eos_token} (the 44.1 kHz DAC, descript/dac_44khz)"
+                )
             info["codec"] = str(src)
         return cls(model, dev, info, codec)
 

@@ -44,42 +44,58 @@ inline float widen_scalar(uint16_t h, bool bf16) {
   return _cvtsh_ss(h);
 }
 
-// ROWS rows of x against one weight row; ROWS is a compile-time constant so the
-// accumulators stay in registers.
-template <int ROWS, bool BF16>
-inline void dot_rows(const uint16_t* w, const float* x, int64_t K, int64_t ldx, float* y, int64_t ldy) {
-  __m256 acc[ROWS];
-  for (int r = 0; r < ROWS; ++r) acc[r] = _mm256_setzero_ps();
+// ROWS rows of x against WR consecutive weight rows.  Both are compile-time
+// constants so the ROWS*WR accumulators stay in registers; several independent
+// FMA chains hide the FMA latency, which otherwise caps a GEMV well below memory speed.
+template <int ROWS, int WR, bool BF16>
+inline void dot_block(const uint16_t* w, int64_t K, const float* x, float* y, int64_t ldy) {
+  __m256 acc[WR][ROWS];
+  for (int j = 0; j < WR; ++j)
+    for (int r = 0; r < ROWS; ++r) acc[j][r] = _mm256_setzero_ps();
   int64_t k = 0;
   for (; k + 8 <= K; k += 8) {
-    __m256 wv = BF16 ? widen_bf16(w + k) : widen_fp16(w + k);
-    for (int r = 0; r < ROWS; ++r) acc[r] = _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + r * ldx + k), acc[r]);
+    __m256 xv[ROWS];
+    for (int r = 0; r < ROWS; ++r) xv[r] = _mm256_loadu_ps(x + r * K + k);
+    for (int j = 0; j < WR; ++j) {
+      __m256 wv = BF16 ? widen_bf16(w + j * K + k) : widen_fp16(w + j * K + k);
+      for (int r = 0; r < ROWS; ++r) acc[j][r] = _mm256_fmadd_ps(wv, xv[r], acc[j][r]);
+    }
   }
-  for (int r = 0; r < ROWS; ++r) {
-    float s = hsum(acc[r]);
-    for (int64_t kk = k; kk < K; ++kk) s += widen_scalar(w[kk], BF16) * x[r * ldx + kk];
-    y[r * ldy] = s;
+  for (int j = 0; j < WR; ++j) {
+    for (int r = 0; r < ROWS; ++r) {
+      float s = hsum(acc[j][r]);
+      for (int64_t kk = k; kk < K; ++kk) s += widen_scalar(w[j * K + kk], BF16) * x[r * K + kk];
+      y[r * ldy + j] = s;
+    }
   }
+}
+
+// All weight rows [o0, o1) against ROWS rows of x.
+template <int ROWS, bool BF16>
+void rows_block(const uint16_t* W, const float* x, float* y, int64_t K, int64_t O, int64_t o0, int64_t o1) {
+  constexpr int WR = ROWS <= 2 ? 4 : (ROWS <= 4 ? 2 : 1);
+  int64_t o = o0;
+  for (; o + WR <= o1; o += WR) dot_block<ROWS, WR, BF16>(W + o * K, K, x, y + o, O);
+  for (; o < o1; ++o) dot_block<ROWS, 1, BF16>(W + o * K, K, x, y + o, O);
 }
 
 template <bool BF16>
 void run(const uint16_t* W, const float* X, float* Y, int64_t M, int64_t K, int64_t O) {
   // Grain: enough rows per task that each thread streams long contiguous stretches.
   at::parallel_for(0, O, 64, [&](int64_t o0, int64_t o1) {
-    for (int64_t o = o0; o < o1; ++o) {
-      const uint16_t* w = W + o * K;
-      int64_t m = 0;
-      for (; m + 8 <= M; m += 8) dot_rows<8, BF16>(w, X + m * K, K, K, Y + m * O + o, O);
-      switch (M - m) {
-        case 7: dot_rows<7, BF16>(w, X + m * K, K, K, Y + m * O + o, O); break;
-        case 6: dot_rows<6, BF16>(w, X + m * K, K, K, Y + m * O + o, O); break;
-        case 5: dot_rows<5, BF16>(w, X + m * K, K, K, Y + m * O + o, O); break;
-        case 4: dot_rows<4, BF16>(w, X + m * K, K, K, Y + m * O + o, O); break;
-        case 3: dot_rows<3, BF16>(w, X + m * K, K, K, Y + m * O + o, O); break;
-        case 2: dot_rows<2, BF16>(w, X + m * K, K, K, Y + m * O + o, O); break;
-        case 1: dot_rows<1, BF16>(w, X + m * K, K, K, Y + m * O + o, O); break;
-        default: break;
-      }
+    int64_t m = 0;
+    for (; m + 8 <= M; m += 8) rows_block<8, BF16>(W, X + m * K, Y + m * O, K, O, o0, o1);
+    const float* x = X + m * K;
+    float* y = Y + m * O;
+    switch (M - m) {
+      case 7: rows_block<7, BF16>(W, x, y, K, O, o0, o1); break;
+      case 6: rows_block<6, BF16>(W, x, y, K, O, o0, o1); break;
+      case 5: rows_block<5, BF16>(W, x, y, K, O, o0, o1); break;
+      case 4: rows_block<4, BF16>(W, x, y, K, O, o0, o1); break;
+      case 3: rows_block<3, BF16>(W, x, y, K, O, o0, o1); break;
+      case 2: rows_block<2, BF16>(W, x, y, K, O, o0, o1); break;
+      case 1: rows_block<1, BF16>(W, x, y, K, O, o0, o1); break;
+      default: break;
     }
   });
 }
