@@ -11,6 +11,7 @@ formats (``pytorch_model.bin``, ``dia-v0_1.pth``) are only read with
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import struct
@@ -137,10 +138,11 @@ def _resolve_hub(repo: str, revision: str | None) -> ResolvedCheckpoint:
 # --------------------------------------------------------------------------- reading
 @dataclass
 class TensorSource:
-    """A tensor in a file, read only when asked."""
+    """A tensor in a file, read only when asked (into ``scratch`` bytes when given)."""
 
     shape: tuple[int, ...]
-    load: Callable[[], torch.Tensor]
+    nbytes: int
+    load: Callable[[torch.Tensor | None], torch.Tensor]
 
 
 def _safetensors_sources(path: Path) -> dict[str, TensorSource]:
@@ -162,21 +164,21 @@ def _safetensors_sources(path: Path) -> dict[str, TensorSource]:
             raise CheckpointError(f"{path}: tensor {name} has unsupported dtype {meta['dtype']}")
         shape = tuple(int(s) for s in meta["shape"])
         begin, end = meta["data_offsets"]
+        expected = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+        if end - begin != expected:
+            raise CheckpointError(f"{path}: tensor {name} holds {end - begin} bytes, its shape needs {expected}")
 
-        def load(begin: int = base + begin, nbytes: int = end - begin, shape=shape, dtype=dtype, name=name) -> torch.Tensor:
-            t = torch.empty(shape, dtype=dtype)
-            buf = t.view(-1).view(torch.uint8).numpy() if t.numel() else None
-            if buf is None:
-                return t
-            if buf.nbytes != nbytes:
-                raise CheckpointError(f"{path}: tensor {name} holds {nbytes} bytes, expected {buf.nbytes}")
-            with open(path, "rb") as f:
-                f.seek(begin)
-                if f.readinto(memoryview(buf)) != nbytes:
-                    raise CheckpointError(f"{path}: truncated while reading {name}")
-            return t
+        def load(scratch: torch.Tensor | None, begin: int = base + begin, nbytes: int = expected, shape=shape,
+                 dtype=dtype, name=name) -> torch.Tensor:
+            raw = torch.empty(nbytes, dtype=torch.uint8) if scratch is None else scratch[:nbytes]
+            if nbytes:
+                with open(path, "rb") as f:
+                    f.seek(begin)
+                    if f.readinto(memoryview(raw.numpy())) != nbytes:
+                        raise CheckpointError(f"{path}: file ends before tensor {name} does (truncated download?)")
+            return raw.view(dtype).view(shape)
 
-        out[name] = TensorSource(shape, load)
+        out[name] = TensorSource(shape, expected, load)
     return out
 
 
@@ -193,7 +195,7 @@ def _pickle_sources(path: Path) -> dict[str, TensorSource]:
             obj = obj[wrapper]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"{path} does not hold a plain state dict of tensors")
-    return {k: TensorSource(tuple(v.shape), (lambda v=v: v)) for k, v in obj.items()}
+    return {k: TensorSource(tuple(v.shape), 0, (lambda scratch, v=v: v)) for k, v in obj.items()}
 
 
 def tensor_sources(files: tuple[Path, ...]) -> dict[str, TensorSource]:
@@ -256,6 +258,9 @@ def load_parameters(
     sources = tensor_sources(files)
     where = ", ".join(str(f) for f in files[:2]) + (" ..." if len(files) > 2 else "")
     layout = check_keys(cfg, {k: s.shape for k, s in sources.items()}, where)
+    # One reusable read buffer: per-tensor temporaries would leave the allocator holding
+    # freed memory and push peak RSS well past one copy of the weights.
+    scratch = torch.empty(max((s.nbytes for s in sources.values()), default=0), dtype=torch.uint8)
     params: dict[str, torch.Tensor] = {}
     for piece in pieces(cfg, layout):
         dest = params.get(piece.internal)
@@ -263,7 +268,7 @@ def load_parameters(
             keep_fp32 = piece.internal.endswith("norm.weight")
             dest = torch.empty(shapes[piece.internal], dtype=torch.float32 if keep_fp32 else dtype, device=device)
             params[piece.internal] = dest
-        _copy_piece(piece, sources[piece.key(layout)].load(), layout, dest)
+        _copy_piece(piece, sources[piece.key(layout)].load(scratch), layout, dest)
     missing = shapes.keys() - params.keys()
     if missing:  # would mean the layout table and the model disagree: a bug, not bad input
         raise AssertionError(f"layout table leaves parameters unset: {sorted(missing)}")
