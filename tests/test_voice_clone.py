@@ -1,0 +1,70 @@
+"""Audio prompts from files through the real (tiny, random) DAC codec, and decoded audio."""
+
+import math
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from dia_model import Dia, DiaError, make_tiny_checkpoint
+from dia_model.audio import load_audio
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    folder = make_tiny_checkpoint(tmp_path_factory.mktemp("tiny"), seed=1)
+    return Dia.from_pretrained(folder)
+
+
+def _tone(path, seconds, rate, channels=1):
+    t = np.arange(int(seconds * rate)) / rate
+    wave = 0.3 * np.sin(2 * np.pi * 220 * t)
+    sf.write(path, np.stack([wave] * channels, axis=1) if channels > 1 else wave, rate)
+    return path
+
+
+def test_tiny_checkpoint_brings_its_codec(model):
+    assert model.codec is not None and model.sample_rate == 44100
+    assert model.info["codec"].endswith("codec")
+
+
+def test_prompt_files_of_different_lengths_and_rates(model, tmp_path):
+    short = _tone(tmp_path / "short.wav", 0.5, 22050, channels=2)  # stereo, resampled to 44.1 kHz
+    long = _tone(tmp_path / "long.flac", 1.2, 48000)
+    texts = ["[S1] First clone.", "[S2] Second clone, longer prompt.", "[S1] No prompt."]
+    results = model.generate(texts, audio_prompts=[str(short), long, None], max_new_frames=20, seed=[1, 2, 3],
+                             prompt_transcripts=["[S1] Hello.", "[S2] Hi there.", None])
+    assert [r.prompt_frames for r in results] == [math.ceil(22050 / 512), math.ceil(52920 / 512), 0]
+    for r in results:
+        assert r.sample_rate == 44100
+        assert r.audio is not None and r.audio.dtype == np.float32
+        assert len(r.audio) == r.frames * 512  # the prompt's audio is not part of the output
+        assert np.isfinite(r.audio).all()
+
+
+def test_file_prompt_equals_its_codes(model, tmp_path):
+    path = _tone(tmp_path / "p.wav", 0.4, 44100)
+    codes = model.codec.encode([load_audio(path)])[0]
+    from_file = model.generate("[S1] Same prompt.", audio_prompts=[path], max_new_frames=15, seed=4)[0]
+    from_codes = model.generate("[S1] Same prompt.", audio_prompts=[codes], max_new_frames=15, seed=4)[0]
+    np.testing.assert_array_equal(from_file.codes, from_codes.codes)
+
+
+def test_unreadable_prompt_names_row_and_file(model, tmp_path):
+    bad = tmp_path / "broken.wav"
+    bad.write_bytes(b"not audio at all")
+    with pytest.raises(DiaError, match=r"row 1: audio prompt .*broken\.wav.* cannot be used"):
+        model.generate(["[S1] ok", "[S1] bad prompt"], audio_prompts=[None, bad], max_new_frames=5)
+    with pytest.raises(DiaError, match=r"row 0: audio prompt .*missing\.wav"):
+        model.generate("[S1] gone", audio_prompts=[tmp_path / "missing.wav"], max_new_frames=5)
+
+
+def test_decode_audio_batches_rows(model):
+    results = model.generate(["[S1] One.", "[S2] Two, a bit longer."], max_new_frames=[10, 25], seed=[5, 6],
+                             decode_audio=False)
+    assert all(r.audio is None for r in results)
+    waves = model.decode_audio([r.codes for r in results])
+    alone = [model.decode_audio([r.codes])[0] for r in results]
+    for w, a, r in zip(waves, alone, results):
+        assert len(w) == r.frames * 512
+        np.testing.assert_allclose(w, a, atol=1e-5)
