@@ -118,12 +118,12 @@ class Dia:
         del params
         model.init_buffers(dev)
         model.requires_grad_(False).eval()
-        if dev.type == "cpu" and torch_dtype != torch.float32:
-            from .cpu_kernels import half_linear
+        if dev.type == "cpu":
+            from .cpu_kernels import cpu_matmul
 
-            kernel = half_linear()
-            if kernel is not None:
-                model.use_matmul(kernel)
+            matmul = cpu_matmul()
+            if matmul is not None:
+                model.use_matmul(matmul)
         if compile:
             model.decoder.forward = torch.compile(model.decoder.forward, dynamic=True)
         info = {
@@ -232,6 +232,19 @@ class Dia:
             for res, wave in zip(results, self.decode_audio([r.codes for r in results])):
                 res.audio = wave
         return results
+
+    def encode_audio(self, sources: Sequence[str | os.PathLike | np.ndarray]) -> list[np.ndarray]:
+        """Audio files (any rate, mono or stereo) or 44.1 kHz waveforms -> prompt codes [frames, 9].
+
+        Encode a voice prompt once and pass the codes to many ``generate`` calls.
+        """
+        if self.codec is None:
+            raise DiaError("no codec is loaded: use Dia.from_pretrained(..., load_codec=True)")
+        from .audio import load_audio
+
+        waves = [np.asarray(s, dtype=np.float32) if isinstance(s, np.ndarray) else load_audio(s, self.sample_rate)
+                 for s in sources]
+        return self.codec.encode(waves)
 
     def decode_audio(self, codes: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Codes [frames, 9] per item -> float32 waveforms, decoded in batches."""

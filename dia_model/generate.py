@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from .config import DiaConfig
-from .model import DiaModel, KVCache
+from .model import DiaModel, KVCache, cache_dtype
 from .sampling import RowSampling, Sampler, row_keys
 from .text import text_batch
 
@@ -100,7 +100,7 @@ def generate_rows(model: DiaModel, requests: list[RowRequest], device: torch.dev
     prompt span exactly (for parity checks); otherwise each row is independent of the batch."""
     cfg = model.cfg
     n = len(requests)
-    dtype = model.decoder.head.weight.dtype
+    kv_dtype = cache_dtype(model.decoder.head.weight.dtype, device)
     delays = torch.tensor(cfg.delay_pattern, device=device)
     max_delay = cfg.max_delay
 
@@ -109,7 +109,7 @@ def generate_rows(model: DiaModel, requests: list[RowRequest], device: torch.dev
     enc_ids = torch.stack((torch.zeros_like(ids), ids), dim=1).flatten(0, 1)
     enc_real = real.repeat_interleave(2, dim=0)
     enc_out = model.encoder(enc_ids, enc_real)
-    cross_kv = model.decoder.cross_keys_values(enc_out)
+    cross_kv = model.decoder.cross_keys_values(enc_out, kv_dtype)
     cross_mask = enc_real[:, None, None, :]
     del enc_out
 
@@ -141,7 +141,7 @@ def generate_rows(model: DiaModel, requests: list[RowRequest], device: torch.dev
     )
     finished_at = torch.full((n,), -1, dtype=torch.long, device=device)
     ended_by_eos = torch.zeros(n, dtype=torch.bool, device=device)
-    cache = KVCache(cfg.dec_layers, 2 * n, cfg.dec_kv_heads, capacity, cfg.dec_head_dim, dtype, device)
+    cache = KVCache(cfg.dec_layers, 2 * n, cfg.dec_kv_heads, capacity, cfg.dec_head_dim, kv_dtype, device)
 
     # ---- prefill the part of the timeline that every row has teacher-forced
     t = min(prompt_lengths)  # first step's input position (reference: s_min - 1)

@@ -1,4 +1,4 @@
-"""The compiled half-precision CPU matmul agrees with torch."""
+"""The compiled AVX2 CPU matmul agrees with torch."""
 
 from pathlib import Path
 
@@ -7,13 +7,13 @@ import torch
 import torch.nn.functional as F
 
 from dia_model import Dia
-from dia_model.cpu_kernels import half_linear
+from dia_model.cpu_kernels import avx2_linear
 
-kernel = half_linear()
+kernel = avx2_linear()
 pytestmark = pytest.mark.skipif(kernel is None, reason="no AVX2 CPU or no C++ compiler: torch matmul is used")
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 @pytest.mark.parametrize("rows", [1, 2, 7, 8, 9, 33])
 @pytest.mark.parametrize("features", [64, 203])  # 203: a tail that is not a multiple of 8
 def test_matches_fp32_reference(dtype, rows, features):
@@ -27,12 +27,16 @@ def test_matches_fp32_reference(dtype, rows, features):
     assert kernel(x.to(dtype), w).dtype == dtype
 
 
-def test_bf16_model_uses_kernel_and_agrees_with_torch():
-    model = Dia.from_pretrained(Path(__file__).parent / "data" / "golden" / "checkpoint-0626", dtype="bfloat16",
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_model_uses_kernel_and_agrees_with_torch(dtype):
+    model = Dia.from_pretrained(Path(__file__).parent / "data" / "golden" / "checkpoint-0626", dtype=dtype,
                                 load_codec=False)
-    assert model.model.decoder.head.matmul is kernel
+    assert model.model.decoder.head.matmul is not torch.nn.functional.linear
     text = "[S1] Half precision on a CPU. [S2] Same numbers."
     fast = model.generate(text, temperature=0.0, max_new_frames=8)[0].codes
     model.model.use_matmul(F.linear)
     slow = model.generate(text, temperature=0.0, max_new_frames=8)[0].codes
-    assert (fast == slow).mean() > 0.8  # both round to bf16 per layer; an occasional near-tie may flip
+    if dtype == "float32":
+        assert (fast == slow).all()
+    else:
+        assert (fast == slow).mean() > 0.8  # both round to bf16 per layer; an occasional near-tie may flip

@@ -68,3 +68,12 @@ def test_decode_audio_batches_rows(model):
     for w, a, r in zip(waves, alone, results):
         assert len(w) == r.frames * 512
         np.testing.assert_allclose(w, a, atol=1e-5)
+
+
+def test_encode_audio_gives_reusable_prompt_codes(model, tmp_path):
+    path = _tone(tmp_path / "again.ogg", 0.3, 16000)
+    codes = model.encode_audio([path])[0]
+    assert codes.shape == (math.ceil(0.3 * 44100 / 512), 9) and codes.dtype == np.int64
+    a = model.generate("[S1] Reused.", audio_prompts=[codes], max_new_frames=10, seed=9)[0]
+    b = model.generate("[S1] Reused.", audio_prompts=[path], max_new_frames=10, seed=9)[0]
+    np.testing.assert_array_equal(a.codes, b.codes)
