@@ -1,0 +1,120 @@
+"""Benchmark the pipeline's README command on the bundled example (20 scripts) with model=tiny-random.
+
+    python bench/bench_pipeline.py                 # 1 replica and 2 replicas, 2 runs each
+    python bench/bench_pipeline.py --repeats 3 --variants 1x1 1x2 2x1
+    python bench/bench_pipeline.py --scale 10      # the example's rows 10 times over (200 rows)
+
+Each run is the real command line (``python -m pipeline model=tiny-random ...``) in a fresh
+process with its own in-process Ray, timed from just before the process starts. Reported:
+
+- rows/s and audio-s per wall-s over the whole command (Ray start, replica start, generation);
+- the same over the steady part (from the first replica being ready to the end of the job);
+- time from command to first finished row (the job's ``first_row_at`` minus the launch time).
+
+The tiny checkpoint is built once before timing (a cold cache adds ~5 s to the first run).
+Results are printed as a table and saved to bench/results/pipeline-<time>.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def scaled_example(scale: int, folder: Path) -> Path:
+    """The bundled example's rows ``scale`` times over, with distinct ids (prompt paths made absolute)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    examples = REPO / "pipeline" / "examples"
+    rows = pq.read_table(examples / "dialogues.parquet").to_pylist()
+    out = []
+    for k in range(scale):
+        for r in rows:
+            prompt = r["audio_prompt"] and str(examples / r["audio_prompt"])
+            out.append({**r, "id": f"{r['id']}-{k}", "audio_prompt": prompt})
+    path = folder / f"example-x{scale}.parquet"
+    pq.write_table(pa.Table.from_pylist(out, schema=pq.read_schema(examples / "dialogues.parquet")), path)
+    return path
+
+
+def run_once(replicas: int, threads: int, out: Path, cache: Path, data: Path | None) -> dict:
+    """One timed run of the README command; the job summary plus outside timings."""
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "pipeline", "model=tiny-random", f"model.cache_dir={cache}",
+           *([f"data.input={data}"] if data else []),
+           f"output.dir={out}", "overwrite=true", "output.progress=false",
+           f"cluster.replicas={replicas}", f"cluster.cpus_per_replica={threads}", f"cluster.torch_threads={threads}",
+           f"cluster.num_cpus={max(2, replicas * threads)}"]
+    start = time.time()
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+    end = time.time()
+    if proc.returncode != 0:
+        raise SystemExit(f"run failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+    summary = json.loads((out / "job.json").read_text())["summary"]
+    run = summary["this_run"]
+    wall = end - start
+    return {
+        "replicas": replicas, "threads": threads, "rows": run["rows_done"], "ok": run["ok"],
+        "audio_s": run["audio_s"], "command_s": wall,
+        "rows_per_s": run["rows_done"] / wall, "audio_s_per_wall_s": run["audio_s"] / wall,
+        "steady_rows_per_s": run["steady_rows_per_s"], "steady_audio_s_per_wall_s": run["steady_audio_s_per_wall_s"],
+        "first_row_s": run["first_row_at"] - start if run["first_row_at"] else None,
+        "busy": {k: v["busy_fraction"] for k, v in summary["replicas"].items()},
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--variants", nargs="+", default=["1x1", "2x1"],
+                    help="REPLICASxTHREADS per replica, e.g. 1x1 1x2 2x1")
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--scale", type=int, default=1, help="repeat the example's rows this many times")
+    args = ap.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp:
+        cache = Path(tmp) / "cache"
+        sys.path.insert(0, str(REPO))
+        from pipeline.model_loader import ensure_tiny_checkpoint
+
+        ensure_tiny_checkpoint(str(cache), 0)
+        data = scaled_example(args.scale, Path(tmp)) if args.scale > 1 else None
+        results = []
+        for variant in args.variants:
+            replicas, threads = (int(x) for x in variant.split("x"))
+            for i in range(args.repeats):
+                r = run_once(replicas, threads, Path(tmp) / f"job-{variant}-{i}", cache, data)
+                results.append(r)
+                print(f"  {variant} run {i + 1}: {r['rows']} rows, {r['command_s']:.1f} s", file=sys.stderr)
+
+    def med(rows: list[dict], key: str) -> float:
+        return statistics.median(r[key] for r in rows)
+
+    header = (f"{'replicas x threads':>18} | {'rows':>4} | {'audio s':>7} | {'command s':>9} | {'rows/s':>6} | "
+              f"{'audio-s/wall-s':>14} | {'steady rows/s':>13} | {'steady audio-s/s':>16} | {'first row s':>11}")
+    what = "bundled example" if args.scale == 1 else f"bundled example x{args.scale}"
+    print(f"{what}, model=tiny-random, median of {args.repeats} run(s); CPU: {os.cpu_count()} cores")
+    print(header)
+    print("-" * len(header))
+    for variant in args.variants:
+        rows = [r for r in results if f"{r['replicas']}x{r['threads']}" == variant]
+        print(f"{variant:>18} | {rows[0]['rows']:>4} | {med(rows, 'audio_s'):>7.2f} | {med(rows, 'command_s'):>9.1f} | "
+              f"{med(rows, 'rows_per_s'):>6.2f} | {med(rows, 'audio_s_per_wall_s'):>14.3f} | "
+              f"{med(rows, 'steady_rows_per_s'):>13.2f} | {med(rows, 'steady_audio_s_per_wall_s'):>16.3f} | "
+              f"{med(rows, 'first_row_s'):>11.1f}")
+    out = REPO / "bench" / "results" / f"pipeline-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
+    print(f"saved {out.relative_to(REPO)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,155 @@
+"""Structured job configuration: dataclasses that Hydra validates.
+
+Every group in ``configs/`` (model, generation, data, output, cluster) merges into one of these
+dataclasses, so an override that names an unknown key or has the wrong type is an error.
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, OmegaConf
+
+EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
+TINY_RANDOM = "tiny-random"
+
+
+class AudioFormat(enum.Enum):
+    """Audio container written under ``audio/``."""
+
+    flac = "flac"
+    wav = "wav"
+    ogg = "ogg"
+    mp3 = "mp3"
+
+
+@dataclass
+class ModelConfig:
+    """Which checkpoint each replica loads, and how."""
+
+    name: str = "dia-1.6b"  # short label, used in default output folder names
+    source: str = "nari-labs/Dia-1.6B-0626"  # Hub repo id, local folder, or "tiny-random"
+    revision: Optional[str] = None
+    device: Optional[str] = None  # cpu | cuda | mps; None: cuda when the replica has a GPU
+    dtype: Optional[str] = None  # float32 | bfloat16 | float16; None: bfloat16 on cuda, else float32
+    codec_source: Optional[str] = None
+    compile: bool = False
+    cache_dir: Optional[str] = None  # where tiny-random checkpoints are built; None: ~/.cache/dia-pipeline
+    tiny_seed: int = 0  # seed of the tiny random checkpoint (model.source=tiny-random)
+
+
+@dataclass
+class GenerationConfig:
+    """Job-wide generation defaults; per-row columns of the same name override them."""
+
+    cfg_scale: float = 3.0
+    temperature: float = 1.2
+    top_p: float = 0.95
+    top_k: int = 45
+    max_new_frames: Optional[int] = None  # None: as many as the model allows
+    max_seconds: Optional[float] = None  # alternative to max_new_frames, in seconds of audio
+    seed: Optional[int] = 0  # job seed: rows without a seed column get one derived from it and their id
+    batch_size: int = 8  # rows per generate() call
+    frame_budget: Optional[int] = None  # max rows x expected frames (padded) per batch; None: no limit
+
+
+@dataclass
+class DataConfig:
+    """Where the scripts come from and which columns hold what."""
+
+    name: str = "job"  # short label, used in default output folder names
+    input: Any = MISSING  # Parquet file, folder, glob or URI (s3://, gs://), or a list of them
+    text_column: str = "text"
+    id_column: str = "id"
+    limit: Optional[int] = None  # only the first N rows (after concatenating shards in order)
+
+
+@dataclass
+class OutputConfig:
+    """What the job writes and where."""
+
+    dir: str = MISSING  # the job directory; running again with the same dir resumes
+    format: AudioFormat = AudioFormat.flac
+    subtype: Optional[str] = None  # soundfile subtype, e.g. PCM_24; None: the format's default
+    embed_audio: bool = False  # also store {bytes, path} in the metadata (a datasets Audio column)
+    flush_rows: int = 256  # write a metadata part after this many finished rows ...
+    flush_seconds: float = 10.0  # ... or after this many seconds, whichever comes first
+    progress: bool = True  # live progress bar on the driver
+
+
+@dataclass
+class ClusterConfig:
+    """Ray connection, replica placement and fault handling."""
+
+    address: Optional[str] = None  # None: RAY_ADDRESS or a local in-process Ray; "auto"; "ray://host:10001"
+    num_cpus: Optional[int] = None  # CPUs of a locally started Ray (None: all)
+    namespace: Optional[str] = None
+    runtime_env: Dict[str, Any] = field(default_factory=dict)
+    replicas: Optional[int] = None  # None: one per GPU in the cluster, or 1 without GPUs
+    use_gpu: Optional[bool] = None  # None: when the cluster has GPUs
+    gpus_per_replica: float = 1.0
+    cpus_per_replica: float = 1.0
+    torch_threads: Optional[int] = None  # CPU replicas: torch threads (None: cpus_per_replica, at least 1)
+    unit_rows: int = 16  # rows per unit of work handed to a replica
+    units_in_flight: int = 2  # units a replica holds at once (the next one is ready while one decodes)
+    max_attempts: int = 3  # a row whose replica died this many times is marked error
+    max_restarts: int = -1  # Ray restarts of a dead replica actor (-1: unlimited)
+    max_replica_failures: int = 10  # consecutive failures after which a replica is given up
+    start_timeout_s: float = 900.0  # fail when no replica is ready for this long
+
+
+@dataclass
+class SweepConfig:
+    """In-job grid: every row is generated once per point of the product of the non-empty lists."""
+
+    cfg_scale: List[float] = field(default_factory=list)
+    temperature: List[float] = field(default_factory=list)
+    top_p: List[float] = field(default_factory=list)
+    top_k: List[int] = field(default_factory=list)
+    max_new_frames: List[int] = field(default_factory=list)
+    seed: List[int] = field(default_factory=list)
+
+
+@dataclass
+class JobConfig:
+    """One synthesis job."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
+    overwrite: bool = False  # delete earlier results in output.dir and start over
+    retry_errors: bool = False  # on resume, generate rows again that ended with status=error
+
+
+def _example_path(name: str = "") -> str:
+    return str(EXAMPLES_DIR / name) if name else str(EXAMPLES_DIR)
+
+
+def register() -> None:
+    """Register the schema with Hydra's ConfigStore and the ``${pipeline_examples:...}`` resolver."""
+    ConfigStore.instance().store(name="pipeline_schema", node=JobConfig)
+    if not OmegaConf.has_resolver("pipeline_examples"):
+        OmegaConf.register_new_resolver("pipeline_examples", _example_path)
+
+
+def to_job_config(cfg: Any) -> JobConfig:
+    """Turn a Hydra/OmegaConf config (or a JobConfig) into a validated JobConfig."""
+    if isinstance(cfg, JobConfig):
+        return cfg
+    merged = OmegaConf.merge(OmegaConf.structured(JobConfig), cfg)
+    return OmegaConf.to_object(merged)  # type: ignore[return-value]
+
+
+def to_plain(cfg: JobConfig) -> dict[str, Any]:
+    """The resolved config as plain JSON-able data (enums as names)."""
+    plain = OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True, enum_to_str=True)
+    return plain  # type: ignore[return-value]
+
+
+register()

@@ -1,0 +1,253 @@
+"""One job from start to end: plan, resume, run on Ray, write audio + metadata + job.json, summarise."""
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import secrets
+import time
+from datetime import datetime, timezone
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Any, Optional
+
+from . import audio as audio_io
+from .cluster import connect, plan_replicas
+from .config import JobConfig, to_job_config, to_plain
+from .errors import PipelineError
+from .files import atomic_write_bytes, inside, remove_stale_temporaries
+from .metadata import STATUS_ERROR, STATUS_OK, MetadataStore, base_record, error_record
+from .plan import JobPlan, build_plan
+from .progress import Progress, format_summary
+from .replica import BatchResult, Replica, ReplicaSettings
+from .resume import JOB_JSON, check_fingerprint, clear_outputs, fingerprint, read_job_json, select_rows
+from .rows import RowSpec
+from .scheduler import Scheduler
+from .workqueue import WorkQueue
+
+log = logging.getLogger("pipeline")
+_PACKAGES = ("dia-datasets", "torch", "ray", "pyarrow", "soundfile", "transformers", "hydra-core", "omegaconf",
+             "numpy", "huggingface_hub", "tqdm")
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def package_versions() -> dict[str, Optional[str]]:
+    """Versions of Python and the packages that shape the output."""
+    out: dict[str, Optional[str]] = {"python": platform.python_version()}
+    for name in _PACKAGES:
+        try:
+            out[name] = importlib_metadata.version(name)
+        except importlib_metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    atomic_write_bytes(path, (json.dumps(data, indent=2, default=str) + "\n").encode())
+
+
+class _Job:
+    """State shared by the steps of one run."""
+
+    def __init__(self, cfg: JobConfig, replica_cls: type) -> None:
+        self.cfg = cfg
+        self.replica_cls = replica_cls
+        self.started = time.time()
+        self.job_dir = Path(cfg.output.dir).expanduser().resolve()
+        self.model_info: dict[str, Any] = {"source": cfg.model.source, "revision": cfg.model.revision}
+        self.scheduler: Optional[Scheduler] = None
+        self.plan: Optional[JobPlan] = None
+        self.store: Optional[MetadataStore] = None
+        self.progress: Optional[Progress] = None
+        self.queue: Optional[WorkQueue] = None
+        self.plan_index: dict[str, RowSpec] = {}
+        self.finished: set[str] = set()  # keys with a metadata record from this run
+        self.skipped = 0  # rows an earlier run already finished
+        self.job_seed = 0
+        self.fingerprint: dict[str, Any] = {}
+        self.runs: list[dict[str, Any]] = []  # earlier runs, from job.json
+
+    # -- results ---------------------------------------------------------------------------
+    def _record_error(self, row: RowSpec, message: str, attempts: int = 0, generated: bool = True) -> None:
+        if row.key in self.finished:
+            return
+        self.finished.add(row.key)
+        self.store.add(error_record(row, message, self.model_info, attempts))
+        self.progress.row(False, generated=generated)
+
+    def on_batch(self, result: BatchResult, replica_info: dict[str, Any]) -> None:
+        """Write each row's audio file (whole or not at all), then queue its metadata."""
+        model = replica_info.get("model") or self.model_info
+        if replica_info.get("model"):
+            self.model_info = model
+        for r in result.rows:
+            row = self.plan_index[r.key]
+            if row.key in self.finished:
+                continue
+            record = base_record(row, model)
+            record.update(
+                status=STATUS_OK if r.ok else STATUS_ERROR, error=r.error, attempts=self.queue.attempts[row.key],
+                sample_rate=r.sample_rate, duration_s=r.duration_s, frames=r.frames, ended_by_eos=r.ended_by_eos,
+                seed=r.seed if r.seed is not None else row.seed, prompt_frames=r.prompt_frames,
+                max_new_frames=r.max_new_frames if r.max_new_frames is not None else row.max_new_frames,
+                replica=result.replica.get("name"), node=result.replica.get("node"),
+                device=result.replica.get("device"), batch_rows=len(result.rows),
+                generation_s=result.generation_s, decode_s=result.decode_s,
+                finished_at=datetime.now(timezone.utc),
+            )
+            if r.ok:
+                record["audio_path"] = row.audio_path
+                atomic_write_bytes(inside(self.job_dir, row.audio_path), r.audio)
+            self.finished.add(row.key)
+            self.store.add(record, r.audio)
+            self.progress.row(r.ok, r.duration_s or 0.0)
+
+    # -- steps -----------------------------------------------------------------------------
+    def prepare(self) -> list[RowSpec]:
+        """Check config and inputs, handle overwrite/resume; return the rows still to do."""
+        cfg = self.cfg
+        try:
+            audio_io.check_format(cfg.output.format.value, cfg.output.subtype)
+        except ValueError as e:
+            raise PipelineError(f"output.subtype: {e}") from e
+        if cfg.overwrite:
+            clear_outputs(self.job_dir)
+        previous = read_job_json(self.job_dir)
+        if cfg.generation.seed is not None:
+            self.job_seed = int(cfg.generation.seed)
+        else:
+            self.job_seed = int(previous.get("job_seed") or secrets.randbits(31))
+        self.fingerprint = fingerprint(cfg, self.job_seed)
+        check_fingerprint(previous, self.fingerprint, self.job_dir)
+        self.runs = [
+            {**r, "status": "aborted", "error": "the driver stopped before the run finished"}
+            if r.get("status") == "running" else r
+            for r in previous.get("runs", [])
+        ]
+
+        from dia_model import validate_script  # text checks only: no model is loaded here
+
+        self.plan = build_plan(cfg, self.job_seed, validate_script)
+        self.plan_index = self.plan.by_key()
+        self.job_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(self.job_dir / "audio")
+        remove_stale_temporaries(self.job_dir / "metadata")
+        self.store = MetadataStore(self.job_dir, self.plan, embed_audio=cfg.output.embed_audio,
+                                   flush_rows=cfg.output.flush_rows, flush_seconds=cfg.output.flush_seconds)
+        todo, self.skipped = select_rows(self.plan.rows, self.store.existing(), self.job_dir, cfg.retry_errors)
+        self.write_job_json("running")
+        return todo
+
+    def generate(self, todo: list[RowSpec]) -> None:
+        """Rows with problems become errors at once; the rest run on Ray replicas."""
+        cfg = self.cfg
+        self.progress = Progress(len(todo), enabled=cfg.output.progress)
+        good = []
+        for row in todo:
+            if row.problems:
+                self._record_error(row, "; ".join(row.problems), generated=False)
+            else:
+                good.append(row)
+        # longest first: similar lengths share units, and the long tail does not come last
+        good.sort(key=lambda r: r.expected_bytes, reverse=True)
+        self.queue = WorkQueue([r.key for r in good], cfg.cluster.unit_rows, cfg.cluster.max_attempts)
+        if not good:
+            return
+        import ray
+
+        connect(cfg.cluster)
+        rplan = plan_replicas(cfg.cluster, ray.cluster_resources())
+        log.info("starting %d replica(s) (%s each)", rplan.count,
+                 f"{rplan.num_gpus} GPU" if rplan.use_gpu else f"{rplan.num_cpus} CPU")
+
+        def settings(name: str) -> ReplicaSettings:
+            return ReplicaSettings(name=name, model=cfg.model, has_gpu=rplan.use_gpu,
+                                   torch_threads=rplan.torch_threads, audio_format=cfg.output.format.value,
+                                   audio_subtype=cfg.output.subtype, batch_size=cfg.generation.batch_size,
+                                   frame_budget=cfg.generation.frame_budget)
+
+        self.scheduler = Scheduler(
+            cfg=cfg.cluster, queue=self.queue, rows=self.plan_index, settings=settings, count=rplan.count,
+            resources={"num_cpus": rplan.num_cpus, "num_gpus": rplan.num_gpus}, replica_cls=self.replica_cls,
+            on_batch=self.on_batch, on_error=self._record_error, on_tick=self.progress.refresh,
+        )
+        self.scheduler.run()
+
+    # -- job.json and summary --------------------------------------------------------------
+    def summary(self, ended: float) -> dict[str, Any]:
+        table = self.store.read_all()
+        counts: dict[str, int] = {}
+        audio_total = 0.0
+        if table.num_rows:
+            for status in table.column("status").to_pylist():
+                counts[status] = counts.get(status, 0) + 1
+            audio_total = sum(d or 0.0 for d in table.column("duration_s").to_pylist())
+        p = self.progress
+        wall = ended - self.started
+        first_ready = self.scheduler.first_ready_at if self.scheduler else None
+        steady = (ended - first_ready) if first_ready else None
+        run = {
+            "rows_done": p.ok + p.error, "ok": p.ok, "error": p.error, "skipped": self.skipped,
+            "wall_s": round(wall, 3), "audio_s": round(p.audio_s, 3),
+            "rows_per_s": round((p.ok + p.error) / wall, 4) if wall > 0 else 0.0,
+            "audio_s_per_wall_s": round(p.audio_s / wall, 4) if wall > 0 else 0.0,
+            "realtime_factor": round(p.audio_s / wall, 4) if wall > 0 else 0.0,
+            "rtf": round(wall / p.audio_s, 4) if p.audio_s > 0 else None,
+            "startup_s": round(first_ready - self.started, 3) if first_ready else None,
+            "steady_rows_per_s": round(p.ok / steady, 4) if steady else None,
+            "steady_audio_s_per_wall_s": round(p.audio_s / steady, 4) if steady else None,
+            "time_to_first_row_s": round(p.first_row_at - self.started, 3) if p.first_row_at else None,
+            "first_row_at": p.first_row_at,
+        }
+        return {
+            "job_dir": str(self.job_dir), "rows": len(self.plan.rows), "status_counts": counts,
+            "audio_s": round(audio_total, 3), "this_run": run,
+            "replicas": self.scheduler.replica_stats(ended) if self.scheduler else {},
+        }
+
+    def write_job_json(self, status: str, summary: Optional[dict[str, Any]] = None, error: str = "") -> None:
+        run = {"started_at": datetime.fromtimestamp(self.started, timezone.utc).isoformat(timespec="seconds"),
+               "ended_at": _now() if status != "running" else None, "status": status}
+        if error:
+            run["error"] = error
+        if summary:
+            run["summary"] = summary["this_run"]
+        data = {
+            "status": status, "config": to_plain(self.cfg), "job_seed": self.job_seed,
+            "fingerprint": self.fingerprint, "versions": package_versions(),
+            "started_at": (self.runs[0]["started_at"] if self.runs else run["started_at"]),
+            "ended_at": run["ended_at"], "runs": [*self.runs, run], "summary": summary,
+        }
+        _write_json(self.job_dir / JOB_JSON, data)
+
+
+def run_job(cfg: Any, *, replica_cls: type = Replica) -> dict[str, Any]:
+    """Run (or resume) one job; return its summary (also printed and saved in job.json).
+
+    ``cfg``: a JobConfig or a Hydra/OmegaConf config with the same fields. ``replica_cls``: the
+    actor class (a subclass of Replica, e.g. for fault-injection tests).
+    """
+    job = _Job(to_job_config(cfg), replica_cls)
+    todo = job.prepare()
+    status, error = "failed", ""
+    try:
+        job.generate(todo)
+        job.store.consolidate()
+        status = "completed"
+    except KeyboardInterrupt:
+        status, error = "interrupted", "interrupted"
+        raise
+    except BaseException as e:
+        error = f"{type(e).__name__}: {e}"
+        raise
+    finally:
+        if job.progress:
+            job.progress.close()
+        job.store.flush()
+        summary = job.summary(time.time()) if status == "completed" else None
+        job.write_job_json(status, summary, error)
+    print(format_summary(summary), flush=True)
+    return summary

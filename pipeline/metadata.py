@@ -1,0 +1,210 @@
+"""The metadata table: one row per output row, written in parts while the job runs, merged at the end.
+
+Layout under the job directory::
+
+    metadata/<shard>.parquet                     merged result, one row per input row (and sweep point)
+    metadata/_parts/<shard>/<time>-<pid>-<n>.parquet   rows finished since the last merge
+
+Parts are named so that sorting them sorts them by time; when a row appears more than once, the
+last one wins. pyarrow and Hugging Face ``datasets`` skip ``_parts`` when reading the folder.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Optional
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .files import atomic_write
+
+if TYPE_CHECKING:
+    from .plan import JobPlan
+    from .rows import RowSpec
+
+STATUS_OK = "ok"
+STATUS_ERROR = "error"
+
+OWN_SCHEMA = pa.schema([
+    ("id", pa.string()),
+    ("key", pa.string()),
+    ("shard", pa.string()),
+    ("row_index", pa.int64()),
+    ("sweep_point", pa.string()),
+    ("status", pa.string()),
+    ("error", pa.string()),
+    ("attempts", pa.int32()),
+    ("audio_path", pa.string()),
+    ("sample_rate", pa.int32()),
+    ("duration_s", pa.float64()),
+    ("frames", pa.int64()),
+    ("ended_by_eos", pa.bool_()),
+    ("seed", pa.int64()),
+    ("cfg_scale", pa.float64()),
+    ("temperature", pa.float64()),
+    ("top_p", pa.float64()),
+    ("top_k", pa.int64()),
+    ("max_new_frames", pa.int64()),
+    ("max_seconds", pa.float64()),
+    ("audio_prompt", pa.string()),
+    ("prompt_transcript", pa.string()),
+    ("prompt_frames", pa.int64()),
+    ("text", pa.string()),
+    ("model_source", pa.string()),
+    ("model_revision", pa.string()),
+    ("model_schema", pa.string()),
+    ("model_dtype", pa.string()),
+    ("replica", pa.string()),
+    ("node", pa.string()),
+    ("device", pa.string()),
+    ("batch_rows", pa.int32()),
+    ("generation_s", pa.float64()),
+    ("decode_s", pa.float64()),
+    ("finished_at", pa.timestamp("ms", tz="UTC")),
+])
+AUDIO_TYPE = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+OWN_COLUMNS = frozenset(OWN_SCHEMA.names) | {"audio"}
+# Lets Hugging Face datasets read the embedded column as an Audio feature.
+_HF_METADATA = {b"huggingface": json.dumps({"info": {"features": {"audio": {"_type": "Audio"}}}}).encode()}
+
+
+def base_record(row: "RowSpec", model: dict[str, Any]) -> dict[str, Any]:
+    """The metadata fields known before generation (settings, text, model)."""
+    return {
+        "id": row.id, "key": row.key, "shard": row.shard, "row_index": row.row_index,
+        "sweep_point": row.sweep_point, "seed": row.seed, "cfg_scale": row.cfg_scale,
+        "temperature": row.temperature, "top_p": row.top_p, "top_k": row.top_k,
+        "max_new_frames": row.max_new_frames, "max_seconds": row.max_seconds,
+        "audio_prompt": row.audio_prompt, "prompt_transcript": row.prompt_transcript, "text": row.text,
+        "model_source": model.get("source"), "model_revision": model.get("revision"),
+        "model_schema": model.get("schema"), "model_dtype": model.get("dtype"),
+    }
+
+
+def error_record(row: "RowSpec", message: str, model: dict[str, Any], attempts: int = 0,
+                 **extra: Any) -> dict[str, Any]:
+    """A status=error row."""
+    rec = base_record(row, model)
+    rec.update(status=STATUS_ERROR, error=message, attempts=attempts, finished_at=datetime.now(timezone.utc))
+    rec.update(extra)
+    return rec
+
+
+@dataclass
+class Existing:
+    """What an earlier run recorded for a row."""
+
+    status: str
+    audio_path: Optional[str]
+
+
+class MetadataStore:
+    """Buffers finished rows and writes them as metadata parts; merges parts per shard at the end."""
+
+    def __init__(self, job_dir: Path, plan: "JobPlan", *, embed_audio: bool = False,
+                 flush_rows: int = 256, flush_seconds: float = 10.0) -> None:
+        self.job_dir = job_dir
+        self.dir = job_dir / "metadata"
+        self.plan = plan
+        self.embed_audio = embed_audio
+        self.flush_rows = max(1, flush_rows)
+        self.flush_seconds = flush_seconds
+        self._buffer: dict[str, list[tuple[dict[str, Any], Optional[bytes]]]] = defaultdict(list)
+        self._buffered = 0
+        self._last_flush = time.monotonic()
+        self._seq = 0
+
+    # -- reading ---------------------------------------------------------------------------
+    def _parts(self, shard: str) -> list[Path]:
+        return sorted((self.dir / "_parts" / shard).glob("*.parquet"))
+
+    def _sources(self, shard: str) -> list[Path]:
+        """The merged file (if any) and then the parts, oldest first."""
+        merged = self.dir / f"{shard}.parquet"
+        return ([merged] if merged.is_file() else []) + self._parts(shard)
+
+    def existing(self) -> dict[str, Existing]:
+        """The last recorded status of every row an earlier run finished."""
+        found: dict[str, Existing] = {}
+        for shard in self.plan.carried:
+            for path in self._sources(shard):
+                table = pq.read_table(path, columns=["key", "status", "audio_path"])
+                for key, status, audio in zip(*(table.column(c).to_pylist() for c in table.column_names)):
+                    found[key] = Existing(status, audio)
+        return found
+
+    # -- writing ---------------------------------------------------------------------------
+    def add(self, record: dict[str, Any], audio: Optional[bytes] = None) -> None:
+        """Queue one finished row; write a part when the buffer is big or old enough."""
+        self._buffer[record["shard"]].append((record, audio if self.embed_audio else None))
+        self._buffered += 1
+        if self._buffered >= self.flush_rows or time.monotonic() - self._last_flush >= self.flush_seconds:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write every buffered row to part files now."""
+        for shard, items in self._buffer.items():
+            if items:
+                self._seq += 1
+                name = f"{time.time_ns():020d}-{os.getpid()}-{self._seq:06d}.parquet"
+                self._write(self.dir / "_parts" / shard / name, self._table(shard, items))
+        self._buffer.clear()
+        self._buffered = 0
+        self._last_flush = time.monotonic()
+
+    def _table(self, shard: str, items: list[tuple[dict[str, Any], Optional[bytes]]]) -> pa.Table:
+        records = [r for r, _ in items]
+        table = pa.Table.from_pylist(records, schema=OWN_SCHEMA)
+        carried = self.plan.carried.get(shard)
+        if carried is not None and carried.num_columns:
+            picked = carried.take(pa.array([r["row_index"] for r in records], pa.int64()))
+            for name, column in zip(picked.column_names, picked.columns):
+                table = table.append_column(name, column)
+        if self.embed_audio:
+            cells = [None if b is None else {"bytes": b, "path": os.path.basename(r["audio_path"] or "")}
+                     for r, b in items]
+            audio = pa.array(cells, AUDIO_TYPE)
+            table = table.append_column(pa.field("audio", AUDIO_TYPE), audio)
+        return table
+
+    def _write(self, path: Path, table: pa.Table) -> None:
+        if "audio" in table.column_names:
+            table = table.replace_schema_metadata({**(table.schema.metadata or {}), **_HF_METADATA})
+        atomic_write(path, lambda tmp: pq.write_table(table, tmp))
+
+    # -- merging ---------------------------------------------------------------------------
+    def consolidate(self) -> None:
+        """Merge each shard's file and parts into ``metadata/<shard>.parquet``: one row per planned row,
+        in input order, the newest record winning; then delete the merged parts."""
+        self.flush()
+        order = {r.key: n for n, r in enumerate(self.plan.rows)}
+        for shard in self.plan.carried:
+            parts = self._parts(shard)
+            sources = self._sources(shard)
+            if not sources:
+                continue
+            tables = [pq.read_table(p) for p in sources]
+            merged = pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
+            keys = merged.column("key").to_pylist()
+            last = {key: i for i, key in enumerate(keys) if key in order}
+            picked = sorted(last.values(), key=lambda i: order[keys[i]])
+            self._write(self.dir / f"{shard}.parquet", merged.take(pa.array(picked, pa.int64())))
+            for p in parts:
+                p.unlink(missing_ok=True)
+            for folder in (self.dir / "_parts" / shard, self.dir / "_parts"):
+                try:
+                    folder.rmdir()  # only when empty
+                except OSError:
+                    pass
+
+    def read_all(self, shards: Optional[Iterable[str]] = None) -> pa.Table:
+        """Every merged metadata row of the given shards (default: all of the plan)."""
+        tables = [pq.read_table(self.dir / f"{s}.parquet") for s in (shards or self.plan.carried)
+                  if (self.dir / f"{s}.parquet").is_file()]
+        return pa.concat_tables(tables, promote_options="permissive") if tables else pa.table({})

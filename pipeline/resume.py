@@ -1,0 +1,86 @@
+"""What an earlier run left in the job directory: rows to skip, settings to match, or a clean start."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any, Optional
+
+from .config import TINY_RANDOM, JobConfig, to_plain
+from .errors import PipelineError
+from .metadata import STATUS_ERROR, STATUS_OK, Existing
+from .rows import RowSpec
+
+JOB_JSON = "job.json"
+OUTPUT_ENTRIES = ("audio", "metadata", JOB_JSON)
+
+
+def read_job_json(job_dir: Path) -> dict[str, Any]:
+    """The job.json an earlier run wrote, or {}."""
+    path = job_dir / JOB_JSON
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise PipelineError(f"{path} is unreadable ({e}); fix or delete it, or run with overwrite=true") from e
+
+
+def clear_outputs(job_dir: Path) -> None:
+    """Delete what the pipeline wrote (audio/, metadata/, job.json), nothing else."""
+    for name in OUTPUT_ENTRIES:
+        path = job_dir / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
+def fingerprint(cfg: JobConfig, job_seed: int) -> dict[str, Any]:
+    """The settings that change what a row's audio is; a resumed job must keep them."""
+    plain = to_plain(cfg)
+    gen = plain["generation"]
+    model = plain["model"]
+    out = {
+        "model.source": model["source"], "model.revision": model["revision"],
+        "model.codec_source": model["codec_source"],
+        **{f"generation.{k}": gen[k] for k in ("cfg_scale", "temperature", "top_p", "top_k",
+                                               "max_new_frames", "max_seconds")},
+        "job_seed": job_seed,
+        **{f"sweep.{k}": v for k, v in plain["sweep"].items()},
+        "output.format": plain["output"]["format"], "output.subtype": plain["output"]["subtype"],
+    }
+    if model["source"] == TINY_RANDOM:
+        out["model.tiny_seed"] = model["tiny_seed"]
+    return out
+
+
+def check_fingerprint(previous: dict[str, Any], current: dict[str, Any], job_dir: Path) -> None:
+    """Refuse to mix settings in one job directory."""
+    before = previous.get("fingerprint")
+    if not before:
+        return
+    changed = [f"{k}: {before.get(k)!r} -> {v!r}" for k, v in current.items() if before.get(k) != v]
+    if changed:
+        raise PipelineError(
+            f"{job_dir} holds a job made with other settings ({'; '.join(changed)}). "
+            "Run with overwrite=true to start over, or choose another output.dir."
+        )
+
+
+def select_rows(rows: list[RowSpec], existing: dict[str, Existing], job_dir: Path,
+                retry_errors: bool) -> tuple[list[RowSpec], int]:
+    """(rows still to do, number already done). Done: status ok with its audio file present, or
+    status error unless ``retry_errors``."""
+    todo: list[RowSpec] = []
+    done = 0
+    for row in rows:
+        prev: Optional[Existing] = existing.get(row.key)
+        if prev is not None and (
+            (prev.status == STATUS_OK and prev.audio_path and (job_dir / prev.audio_path).is_file())
+            or (prev.status == STATUS_ERROR and not retry_errors)
+        ):
+            done += 1
+        else:
+            todo.append(row)
+    return todo, done

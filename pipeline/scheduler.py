@@ -1,0 +1,292 @@
+"""The driver loop: replicas pull units of rows, results stream back, dead replicas' rows are re-queued.
+
+Each replica is a Ray actor (``max_restarts`` lets Ray restart it after a crash, on another node if
+its own is gone). The driver keeps up to ``units_in_flight`` units per replica; a replica whose
+unit fails with a ``RayActorError`` is probed with ``describe()`` and used again once it answers.
+"""
+from __future__ import annotations
+
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import ray
+from ray.exceptions import ActorUnavailableError, RayActorError
+
+from .config import ClusterConfig
+from .errors import PipelineError
+from .prompts import PromptStore
+from .replica import BatchResult, ReplicaSettings
+from .rows import RowSpec
+from .workqueue import Unit, WorkQueue
+
+log = logging.getLogger("pipeline")
+
+STARTING, ACTIVE, PROBING, GONE = "starting", "active", "probing", "gone"
+
+
+_EXC_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)(\([^)]*\))?: ")
+
+
+def error_text(e: BaseException, limit: int = 800) -> str:
+    """A short reason from a Ray error, whose text may hold a whole remote traceback: the last
+    ``SomeError: message`` line and what follows it."""
+    lines = [ln.strip() for ln in str(e).splitlines()]
+    for i in range(len(lines) - 1, -1, -1):
+        if _EXC_LINE.match(lines[i]):
+            return " ".join(ln for ln in lines[i:] if ln)[:limit]
+    text = " ".join(ln for ln in lines if ln)
+    return f"{type(e).__name__}: {text}"[:limit]
+
+
+@dataclass
+class _Task:
+    unit: Unit
+    slot: "_Slot"
+    remaining: set[str]
+
+
+@dataclass
+class _Slot:
+    """One replica seat: its actor handle and what the driver knows about it."""
+
+    name: str
+    handle: Any
+    state: str = STARTING
+    probe: Any = None  # ObjectRef of a pending describe()
+    probe_again_at: Optional[float] = None  # when to ask again (the actor was still restarting)
+    inflight: dict[Any, _Task] = field(default_factory=dict)
+    consecutive_failures: int = 0
+    info: dict[str, Any] = field(default_factory=dict)
+    ready_at: Optional[float] = None
+    last_error: Optional[str] = None
+    # statistics
+    rows_ok: int = 0
+    rows_error: int = 0
+    batches: int = 0
+    generation_s: float = 0.0
+    decode_s: float = 0.0
+    failures: int = 0
+    nodes: list[str] = field(default_factory=list)
+
+    def room(self, limit: int) -> bool:
+        return (self.state == ACTIVE and len(self.inflight) < limit
+                and not any(t.unit.exclusive for t in self.inflight.values()))
+
+
+class Scheduler:
+    """Runs every queued row on a pool of replica actors."""
+
+    def __init__(
+        self,
+        *,
+        cfg: ClusterConfig,
+        queue: WorkQueue,
+        rows: dict[str, RowSpec],
+        settings: Callable[[str], ReplicaSettings],
+        count: int,
+        resources: dict[str, float],
+        replica_cls: type,
+        on_batch: Callable[[BatchResult, dict[str, Any]], None],
+        on_error: Callable[[RowSpec, str, int], None],
+        on_tick: Callable[[], None] = lambda: None,
+    ) -> None:
+        self.cfg = cfg
+        self.queue = queue
+        self.rows = rows
+        self.on_batch = on_batch
+        self.on_error = on_error
+        self.on_tick = on_tick
+        self.prompts = PromptStore()
+        self.inflight: dict[Any, _Task] = {}
+        self.first_ready_at: Optional[float] = None
+        self.resources = dict(resources)  # num_cpus / num_gpus per replica
+        self._no_active_since = time.monotonic()
+        remote = ray.remote(replica_cls)
+        self.slots: list[_Slot] = []
+        for i in range(count):
+            name = f"replica-{i}"
+            handle = remote.options(
+                **self.resources,
+                max_restarts=cfg.max_restarts,
+                max_task_retries=0,
+                max_concurrency=cfg.units_in_flight + 1,
+                scheduling_strategy="SPREAD",
+            ).remote(settings(name))
+            slot = _Slot(name, handle)
+            self._probe(slot, STARTING)
+            self.slots.append(slot)
+
+    # -- replica state -------------------------------------------------------------------------
+    def _probe(self, slot: _Slot, state: str) -> None:
+        slot.state = state
+        if slot.probe is None:
+            slot.probe = slot.handle.describe.remote()
+            slot.probe_again_at = None
+
+    def _on_probe(self, slot: _Slot) -> None:
+        ref, slot.probe = slot.probe, None
+        try:
+            info = ray.get(ref)
+        except ActorUnavailableError:  # still restarting: ask again shortly
+            slot.probe_again_at = time.monotonic() + 0.5
+            return
+        except Exception as e:  # dead for good (no restarts left), or its model did not load
+            self._give_up(slot, error_text(e))
+            return
+        slot.state, slot.info = ACTIVE, info
+        slot.ready_at = slot.ready_at or time.time()
+        self.first_ready_at = self.first_ready_at or slot.ready_at
+        if info.get("node") and (not slot.nodes or slot.nodes[-1] != info["node"]):
+            slot.nodes.append(info["node"])
+        log.info("%s ready on %s (%s)", slot.name, info.get("host"), info.get("device"))
+
+    def _give_up(self, slot: _Slot, reason: str) -> None:
+        if slot.state == GONE:
+            return
+        log.warning("%s is given up: %s", slot.name, reason)
+        slot.state, slot.last_error, slot.probe, slot.probe_again_at = GONE, reason, None, None
+        for gen, task in list(slot.inflight.items()):
+            self._requeue(gen, task, reason)
+        try:
+            ray.kill(slot.handle, no_restart=True)
+        except Exception:  # already dead
+            pass
+
+    # -- dispatch ------------------------------------------------------------------------------
+    def _payload(self, unit: Unit) -> tuple[list[RowSpec], dict[str, Any]]:
+        rows, prompts = [], {}
+        for key in unit.keys:
+            row = self.rows[key]
+            if row.prompt_uri:
+                ref, problem = self.prompts.get(row.prompt_uri)
+                if problem:
+                    self.on_error(row, problem, self.queue.attempts[key])
+                    continue
+                prompts[row.prompt_uri] = ref
+            rows.append(row)
+        return rows, prompts
+
+    def _dispatch(self) -> None:
+        for slot in self.slots:
+            while slot.room(self.cfg.units_in_flight):
+                unit = self.queue.take(replica_idle=not slot.inflight)
+                if unit is None:
+                    break
+                rows, prompts = self._payload(unit)
+                if not rows:
+                    continue
+                gen = slot.handle.run_unit.remote(rows, prompts)
+                task = _Task(unit, slot, {r.key for r in rows})
+                slot.inflight[gen] = self.inflight[gen] = task
+
+    # -- results -------------------------------------------------------------------------------
+    def _drop(self, gen: Any, task: _Task) -> None:
+        self.inflight.pop(gen, None)
+        task.slot.inflight.pop(gen, None)
+
+    def _requeue(self, gen: Any, task: _Task, reason: str) -> None:
+        """The rows a failed unit had not finished get one more attempt (or are given up)."""
+        self._drop(gen, task)
+        for key in self.queue.failed(sorted(task.remaining, key=task.unit.keys.index)):
+            n = self.queue.attempts[key]
+            self.on_error(self.rows[key], f"replica failed {n} times while holding this row (last: {reason})", n)
+
+    def _on_generator(self, gen: Any) -> None:
+        task = self.inflight[gen]
+        slot = task.slot
+        try:
+            result: BatchResult = ray.get(next(gen))
+        except StopIteration:
+            self._drop(gen, task)
+            if task.remaining:  # should not happen: the replica ended the unit early
+                self._requeue(gen, task, "the replica returned without finishing its unit")
+            return
+        except Exception as e:
+            reason = error_text(e)
+            slot.failures += 1
+            slot.consecutive_failures += 1
+            log.warning("%s failed with %d rows in flight: %s", slot.name, len(task.remaining), reason)
+            self._requeue(gen, task, reason)
+            if slot.consecutive_failures >= self.cfg.max_replica_failures:
+                self._give_up(slot, f"{slot.consecutive_failures} failures in a row; last: {reason}")
+            elif isinstance(e, RayActorError):
+                self._probe(slot, PROBING)
+            return
+        slot.consecutive_failures = 0
+        fresh = [r for r in result.rows if r.key in task.remaining]
+        task.remaining.difference_update(r.key for r in fresh)
+        result.rows = fresh
+        slot.batches += 1
+        slot.generation_s += result.generation_s
+        slot.decode_s += result.decode_s
+        slot.rows_ok += sum(r.ok for r in fresh)
+        slot.rows_error += sum(not r.ok for r in fresh)
+        self.on_batch(result, slot.info)
+
+    # -- the loop ------------------------------------------------------------------------------
+    def _check_health(self) -> None:
+        now = time.monotonic()
+        if any(s.state == ACTIVE for s in self.slots):
+            self._no_active_since = now
+            return
+        waiting = [s for s in self.slots if s.state in (STARTING, PROBING)]
+        if not waiting:
+            reasons = "; ".join(f"{s.name}: {s.last_error}" for s in self.slots if s.last_error)
+            raise PipelineError(f"no replica is left to run the remaining {len(self.queue)} rows. {reasons}")
+        if now - self._no_active_since > self.cfg.start_timeout_s:
+            raise PipelineError(
+                f"no replica was ready for {self.cfg.start_timeout_s:.0f} s (cluster.start_timeout_s): each asks "
+                f"for {self.resources}, the cluster has {ray.available_resources()} free"
+            )
+
+    def run(self) -> None:
+        """Until every queued row is finished or given up."""
+        try:
+            while len(self.queue) or self.inflight:
+                now = time.monotonic()
+                for slot in self.slots:
+                    if slot.probe_again_at is not None and slot.probe_again_at <= now:
+                        self._probe(slot, slot.state)
+                self._dispatch()
+                probes = {s.probe: s for s in self.slots if s.probe is not None}
+                waitables = [*self.inflight, *probes]
+                if not waitables:
+                    time.sleep(0.1)  # only replicas waiting to be asked again
+                    ready = []
+                else:
+                    ready, _ = ray.wait(waitables, num_returns=1, timeout=1.0)
+                for obj in ready:
+                    if obj in probes:
+                        self._on_probe(probes[obj])
+                    elif obj in self.inflight:
+                        self._on_generator(obj)
+                self._check_health()
+                self.on_tick()
+        finally:
+            self.shutdown()
+
+    def shutdown(self) -> None:
+        """Stop every replica actor."""
+        for slot in self.slots:
+            try:
+                ray.kill(slot.handle, no_restart=True)
+            except Exception:
+                pass
+
+    # -- statistics ----------------------------------------------------------------------------
+    def replica_stats(self, end: float) -> dict[str, dict[str, Any]]:
+        """Per replica: rows, batches, failures, node(s), device and busy fraction."""
+        out = {}
+        for s in self.slots:
+            alive = (end - s.ready_at) if s.ready_at else 0.0
+            out[s.name] = {
+                "state": s.state, "host": s.info.get("host"), "device": s.info.get("device"),
+                "nodes": s.nodes, "rows_ok": s.rows_ok, "rows_error": s.rows_error, "batches": s.batches,
+                "failures": s.failures, "generation_s": round(s.generation_s, 3), "decode_s": round(s.decode_s, 3),
+                "busy_fraction": round(min(1.0, s.generation_s / alive), 3) if alive > 0 else 0.0,
+                "last_error": s.last_error,
+            }
+        return out

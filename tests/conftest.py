@@ -1,0 +1,72 @@
+"""Shared pytest fixtures.
+
+Pipeline fixtures (prefixed ``pipeline_``/``ray_``): a real local Ray cluster, a tiny-checkpoint
+cache folder, Hydra config composition and Parquet writing helpers.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def pipeline_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where replicas build the tiny random checkpoint (model.cache_dir), shared by all tests."""
+    return tmp_path_factory.mktemp("pipeline-cache")
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """A real local Ray instance for one test module (4 logical CPUs on this 2-core box)."""
+    import ray
+
+    # no token auth prompt/warning for a throwaway local cluster; no Hub retries (it is unreachable)
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture
+def pipeline_cfg(tmp_path: Path, pipeline_cache_dir: Path) -> Callable[..., Any]:
+    """Compose the pipeline's Hydra config with overrides; defaults to the tiny model and tmp output."""
+    from hydra import compose, initialize_config_dir
+
+    import pipeline.config  # noqa: F401  (registers the schema)
+
+    def make(*overrides: str, out: Path | None = None) -> Any:
+        base = [
+            "model=tiny-random",
+            f"model.cache_dir={pipeline_cache_dir}",
+            f"output.dir={out or tmp_path / 'job'}",
+            "output.progress=false",
+        ]
+        with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+            return compose("config", overrides=[*base, *overrides])
+
+    return make
+
+
+@pytest.fixture
+def pipeline_parquet(tmp_path: Path) -> Callable[..., Path]:
+    """Write rows (a list of dicts, or a pyarrow table) as a Parquet file under tmp_path."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    def write(rows: Any, name: str = "scripts.parquet", schema: Any = None) -> Path:
+        path = tmp_path / "data" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        table = rows if isinstance(rows, pa.Table) else pa.Table.from_pylist(rows, schema=schema)
+        pq.write_table(table, path)
+        return path
+
+    return write
