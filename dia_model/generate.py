@@ -173,14 +173,13 @@ def generate_rows(model: DiaModel, requests: list[RowRequest], device: torch.dev
 
         t = cur
         done = state.countdown == 0
-        if bool(done.any()):
+        if bool(done.any()):  # drop finished rows; cache and cross-attention rows follow ``state.rows``
             keep = (~done).nonzero().squeeze(1)
             state.select(keep)
             pair = torch.stack((2 * keep, 2 * keep + 1), dim=1).flatten()
             cache.keep_rows(pair, t)
             cross_kv = [(k[pair], v[pair]) for k, v in cross_kv]
             cross_mask = cross_mask[pair]
-            # Renumber: cache/cross rows now follow ``state.rows`` order.
 
     outputs = []
     timeline_cpu = timeline.cpu()

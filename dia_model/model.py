@@ -235,8 +235,9 @@ class Decoder(nn.Module):
         self.register_buffer("channel_offsets", torch.arange(cfg.channels) * cfg.audio_vocab, persistent=False)
 
     def cross_keys_values(self, enc: Tensor, dtype: torch.dtype | None = None) -> list[tuple[Tensor, Tensor]]:
+        # Contiguous once here, or every step's attention matmul would copy them again.
         kv = [layer.cross_attn.keys_values(enc, self.cross_rope) for layer in self.layers]
-        return kv if dtype is None else [(k.to(dtype), v.to(dtype)) for k, v in kv]
+        return [(k.to(dtype or k.dtype).contiguous(), v.to(dtype or v.dtype).contiguous()) for k, v in kv]
 
     def forward(self, frames: Tensor, start: int, cache: KVCache, cross_kv: list[tuple[Tensor, Tensor]],
                 cross_mask: Tensor) -> Tensor:
