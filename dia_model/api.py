@@ -118,14 +118,14 @@ class Dia:
         del params
         model.init_buffers(dev)
         model.requires_grad_(False).eval()
-        if dev.type == "cpu" and not compile:  # an opaque C++ call would split the compiled graph
+        if compile:  # with torch's matmul: an opaque C++ kernel call would split the graph
+            model.decoder.forward = torch.compile(model.decoder.forward, dynamic=True)
+        elif dev.type == "cpu":
             from .cpu_kernels import cpu_matmul
 
             matmul = cpu_matmul()
             if matmul is not None:
                 model.use_matmul(matmul)
-        if compile:
-            model.decoder.forward = torch.compile(model.decoder.forward, dynamic=True)
         info = {
             "compiled": compile,
             "source": str(source), "revision": revision, "schema": cfg.schema, "layout": layout,
