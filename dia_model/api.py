@@ -13,14 +13,13 @@ import torch
 
 from . import checkpoint
 from .config import DiaConfig
+from .devices import resolve_device, resolve_dtype
 from .errors import CheckpointError, DiaError
 from .generate import RowRequest, generate_rows
 from .model import DiaModel
 from .text import encode_script, validate_script
 
 DEFAULT_CODEC = "descript/dac_44khz"
-_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-           "float16": torch.float16, "fp16": torch.float16}
 MAX_SEED = 2**63 - 1
 
 
@@ -42,30 +41,6 @@ class GenerationResult:
     @property
     def duration_s(self) -> float:
         return self.frames / self.frame_rate
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    if device is None:
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise DiaError("device='cuda' asked for, but torch sees no CUDA GPU (is this a CPU build of torch?)")
-    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise DiaError("device='mps' asked for, but MPS is not available on this machine")
-    return dev
-
-
-def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
-    if isinstance(dtype, torch.dtype):
-        if dtype in _DTYPES.values():
-            return dtype
-    elif dtype in _DTYPES:
-        return _DTYPES[dtype]
-    raise DiaError(f"dtype {dtype!r} is not supported; use float32, bfloat16 or float16")
 
 
 def _per_row(name: str, value: Any, n: int) -> list[Any]:

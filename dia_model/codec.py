@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from .devices import resolve_dtype
+
 if TYPE_CHECKING:
     from transformers import DacConfig, DacModel
 
@@ -121,7 +123,7 @@ class DacCodec:
         Weights are loaded strictly: a missing or unexpected tensor is an error, never
         silently random audio.
         """
-        torch_dtype = _as_dtype(dtype)
+        torch_dtype = resolve_dtype(dtype)
         path = Path(os.fspath(source)).expanduser()
         if path.is_dir():
             config, state_dict = _read_hf_files(*_folder_files(path))
@@ -359,15 +361,6 @@ def _context_frames(config: DacConfig, side: str) -> int:
 
 
 # ---------------------------------------------------------------------- loading helpers
-
-
-def _as_dtype(dtype: str | torch.dtype) -> torch.dtype:
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    resolved = getattr(torch, str(dtype), None)
-    if not isinstance(resolved, torch.dtype) or not resolved.is_floating_point:
-        raise ValueError(f"unknown floating-point dtype {dtype!r}")
-    return resolved
 
 
 def _download(repo_id: str, revision: str | None) -> tuple[Path, Path]:

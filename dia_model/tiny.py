@@ -19,10 +19,11 @@ from typing import Callable, Iterable
 
 import torch
 
+from .checkpoint import _ST_DTYPES
 from .config import SHAPES, DiaConfig
 from .layout import pieces
 
-_ST_NAMES = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16"}
+_ST_NAMES = {dtype: name for name, dtype in _ST_DTYPES.items()}
 
 
 def write_safetensors(path: Path, tensors: Iterable[tuple[str, tuple[int, ...], Callable[[], torch.Tensor]]],
