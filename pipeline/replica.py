@@ -131,14 +131,9 @@ class Replica:
                 "frame_rate": self.model.frame_rate, "max_frames": self.model.max_frames}
 
     # -- preparation ------------------------------------------------------------------------
-    def _limit(self, prompt_frames: int) -> int:
-        limit = getattr(self.model, "max_new_frames_limit", None)
-        return limit(prompt_frames) if limit else self.model.max_frames - 16 - prompt_frames
-
     def _prompt(self, uri: str, ref: Any) -> tuple[Any, int]:
-        """A prompt as something generate() takes (codes if the model can encode, else a local file)."""
+        """A prompt's codes, encoded once per replica and reused for every row that names it."""
         import ray
-        import soundfile as sf
 
         with self._prompt_lock:
             if uri not in self._prompts:
@@ -146,13 +141,8 @@ class Replica:
                 suffix = os.path.splitext(uri)[1][:8] or ".wav"
                 path = Path(self._prompt_dir.name) / f"{short_hash(uri)}{suffix}"
                 path.write_bytes(data)
-                frames = math.ceil(sf.info(str(path)).duration * self.model.frame_rate)
-                prompt: Any = str(path)
-                encode = getattr(self.model, "encode_audio", None)
-                if callable(encode):  # encode once, reuse the codes for every row with this prompt
-                    prompt = encode([str(path)])[0]
-                    frames = len(prompt)
-                self._prompts[uri] = (prompt, frames)
+                codes = self.model.encode_audio([str(path)])[0]
+                self._prompts[uri] = (codes, len(codes))
             return self._prompts[uri]
 
     def _prepare(self, row: RowSpec, prompts: dict[str, Any]) -> _Prepared | RowResult:
@@ -163,7 +153,7 @@ class Replica:
         except Exception as e:
             return RowResult(row.key, False, f"audio_prompt {row.audio_prompt!r} cannot be used: {_message(e)}",
                              seed=row.seed)
-        limit = self._limit(prompt_frames)
+        limit = self.model.max_new_frames_limit(prompt_frames)
         max_new = row.max_new_frames
         if max_new is None and row.max_seconds is not None:
             max_new = max(1, math.ceil(row.max_seconds * self.model.frame_rate))
