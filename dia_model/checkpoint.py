@@ -89,12 +89,33 @@ def _shard_names(index_path: Path) -> list[str]:
     return sorted(set(weight_map.values()))
 
 
+def looks_like_repo_id(source: str) -> bool:
+    """Whether ``source`` (not an existing path) would be fetched from the Hub as ``org/name``."""
+    return _looks_like_repo_id(source)
+
+
+def download_command(repo: str, revision: str | None = None, files: tuple[str, ...] = (),
+                     local_dir: str | None = None) -> str:
+    """The ``hf download`` command (huggingface_hub's CLI) that puts ``repo`` (or only ``files``
+    of it) in a folder; the one download tool every message of this package names."""
+    parts = ["hf", "download", repo, *files]
+    if revision:
+        parts += ["--revision", revision]
+    parts += ["--local-dir", local_dir or default_local_dir(repo)]
+    return " ".join(parts)
+
+
+def default_local_dir(repo: str) -> str:
+    """``./<name>`` for ``org/name``: where the download advice puts a repo."""
+    return "./" + repo.rstrip("/").split("/")[-1]
+
+
 def _hub_advice(repo: str, revision: str | None, why: str) -> str:
-    rev = f" --revision {revision}" if revision else ""
+    folder = default_local_dir(repo)
     return (
         f"cannot download {repo!r} from the Hugging Face Hub ({why}). On a machine with Hub access run "
-        f"`huggingface-cli download {repo}{rev} --local-dir ./{repo.split('/')[-1]}`, copy that folder here, and pass "
-        f"its path instead of the repo id, e.g. Dia.from_pretrained('./{repo.split('/')[-1]}')."
+        f"`{download_command(repo, revision, local_dir=folder)}`, copy that folder here, and pass "
+        f"its path instead of the repo id, e.g. Dia.from_pretrained('{folder}')."
     )
 
 
@@ -285,5 +306,5 @@ def _copy_piece(piece: Piece, tensor: torch.Tensor, layout: str, dest: torch.Ten
 
 __all__ = [
     "LAYOUTS", "ResolvedCheckpoint", "resolve", "tensor_sources", "check_keys", "load_parameters",
-    "WEIGHT_FILES", "CONFIG_FILE",
+    "WEIGHT_FILES", "CONFIG_FILE", "looks_like_repo_id", "download_command", "default_local_dir",
 ]

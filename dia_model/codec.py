@@ -367,17 +367,18 @@ def _download(repo_id: str, revision: str | None) -> tuple[Path, Path]:
     """Fetch only the config and the safetensors weights (not the whole repo)."""
     from huggingface_hub import hf_hub_download
 
+    from .checkpoint import download_command
+
     try:
         config_file = hf_hub_download(repo_id, CONFIG_NAME, revision=revision)
         weights_file = hf_hub_download(repo_id, WEIGHTS_NAME, revision=revision)
     except Exception as exc:  # offline, no network, unknown repo, missing file: same advice
+        command = download_command(repo_id, revision, (CONFIG_NAME, WEIGHTS_NAME))
         raise CodecLoadError(
             f"could not get the DAC codec {repo_id!r} from the Hugging Face Hub "
-            f"({type(exc).__name__}: {exc}). If this machine is offline, download "
-            f"'{DEFAULT_REPO}' where the Hub is reachable (e.g. `hf download {DEFAULT_REPO} "
-            f"config.json {WEIGHTS_NAME} --local-dir dac_44khz`), copy that folder here and "
-            f"pass its path as the codec source (the original '{ORIGINAL_WEIGHTS_NAME}' "
-            "file also works)."
+            f"({type(exc).__name__}: {exc}). If this machine is offline, download it where the "
+            f"Hub is reachable (`{command}`), copy that folder here and pass its path as the "
+            f"codec source (the original '{ORIGINAL_WEIGHTS_NAME}' file also works)."
         ) from exc
     return Path(config_file), Path(weights_file)
 

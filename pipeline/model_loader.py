@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .config import TINY_RANDOM, ModelConfig
+from .hub_check import replica_hub_error
 
 _DONE = ".complete"
 
@@ -56,6 +57,7 @@ def pick_device(cfg: ModelConfig, has_gpu: bool) -> tuple[str, str]:
 def load_model(cfg: ModelConfig, has_gpu: bool) -> Any:
     """``Dia.from_pretrained`` for the configured source; ``tiny-random`` builds a tiny checkpoint first."""
     from dia_model import Dia, HubUnavailableError
+    from dia_model.codec import CodecLoadError
 
     device, dtype = pick_device(cfg, has_gpu)
     source = str(ensure_tiny_checkpoint(cfg.cache_dir, cfg.tiny_seed)) if cfg.source == TINY_RANDOM else cfg.source
@@ -63,8 +65,10 @@ def load_model(cfg: ModelConfig, has_gpu: bool) -> Any:
     try:
         return Dia.from_pretrained(source, revision=cfg.revision, device=device, dtype=dtype,
                                    codec_source=cfg.codec_source, **extra)
-    except HubUnavailableError as e:
-        raise RuntimeError(
-            f"could not load model {cfg.source!r}: {e} Or, to try the pipeline without the Hub, run with "
-            "model=tiny-random (a tiny random model: its audio is noise)."
-        ) from e
+    except (HubUnavailableError, CodecLoadError) as e:
+        # A node without Hub access (the driver's check passed, or ran elsewhere): the same advice
+        # as the driver's, in overrides rather than Dia.from_pretrained calls.
+        worded = replica_hub_error(cfg, e)
+        if worded is None:
+            raise
+        raise worded from e

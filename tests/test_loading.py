@@ -175,7 +175,7 @@ def offline_hub(tmp_path, monkeypatch):
 
 
 def test_unreachable_hub_says_how_to_use_a_local_folder(offline_hub):
-    with pytest.raises(HubUnavailableError, match=r"huggingface-cli download nari-labs/Dia-1\.6B-0626.*from_pretrained"):
+    with pytest.raises(HubUnavailableError, match=r"hf download nari-labs/Dia-1\.6B-0626.*from_pretrained"):
         Dia.from_pretrained("nari-labs/Dia-1.6B-0626", load_codec=False)
 
 
