@@ -208,10 +208,12 @@ class Dia:
                 res.audio = wave
         return results
 
-    def encode_audio(self, sources: Sequence[str | os.PathLike | np.ndarray]) -> list[np.ndarray]:
-        """Audio files (any rate, mono or stereo) or 44.1 kHz waveforms -> prompt codes [frames, 9].
+    def encode_audio(self, sources: Sequence[str | os.PathLike | bytes | np.ndarray]) -> list[np.ndarray]:
+        """Audio files (paths, or a file's bytes; any rate, mono or stereo) or 44.1 kHz waveforms ->
+        prompt codes [frames, 9].
 
-        Encode a voice prompt once and pass the codes to many ``generate`` calls.
+        Encode a voice prompt once and pass the codes to many ``generate`` calls. Bytes are decoded
+        in memory, so a caller holding a file's contents needs no temporary file.
         """
         if self.codec is None:
             raise DiaError("no codec is loaded: use Dia.from_pretrained(..., load_codec=True)")

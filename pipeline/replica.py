@@ -3,25 +3,25 @@
 Inside a replica, a unit's rows are grouped into batches of similar expected length. The model
 generates codes for one batch while a codec thread decodes and encodes the previous one, so codec
 work overlaps with generation. Finished batches stream back to the driver as they complete.
+Before a batch starts, its rows are written to the driver's row ledger (and the write is waited
+for), so that if this process dies, exactly the rows it was working on are charged for it.
+Nothing is written to disk here: prompt audio arrives as bytes and is decoded in memory.
 """
 from __future__ import annotations
 
 import math
 import os
 import socket
-import tempfile
 import threading
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Iterator, Optional
 
 from . import audio as audio_io
 from .batching import plan_batches
 from .config import TINY_RANDOM, ModelConfig
-from .ids import short_hash
 from .rows import RowSpec
 
 FRAMES_PER_TEXT_BYTE = 6.0  # ~86 frames/s of audio for ~14 bytes/s of speech: a length estimate only
@@ -91,12 +91,18 @@ def _message(e: BaseException) -> str:
 class Replica:
     """The actor class; the driver wraps it with ``ray.remote``."""
 
-    def __init__(self, settings: ReplicaSettings) -> None:
+    def __init__(self, settings: ReplicaSettings, ledger: Any = None) -> None:
         import ray
 
         self.settings = settings
+        self.ledger = ledger  # the driver's RowLedger actor (None: not tracked, e.g. used outside a job)
         self.identity = {"name": settings.name, "node": ray.get_runtime_context().get_node_id(),
                          "host": socket.gethostname(), "pid": os.getpid(), "device": ""}
+        # torch creates its compile cache in $TMPDIR on first import; keep it with our other caches
+        # (persistent, and nothing of the job is left in the temp folder)
+        from .model_loader import cache_root
+
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_root(settings.model.cache_dir) / "torchinductor"))
         if not settings.has_gpu:
             import torch
 
@@ -118,7 +124,6 @@ class Replica:
             self.model_info["source"] = f"{TINY_RANDOM} (seed {settings.model.tiny_seed})"
         self._lm_lock = threading.Lock()  # one generate() at a time; the codec runs beside it
         self._codec = ThreadPoolExecutor(max_workers=1, thread_name_prefix="codec")
-        self._prompt_dir = tempfile.TemporaryDirectory(prefix="dia-prompts-")  # removed with the replica
         self._prompts: dict[str, tuple[Any, int]] = {}
         self._prompt_lock = threading.Lock()
 
@@ -137,11 +142,7 @@ class Replica:
 
         with self._prompt_lock:
             if uri not in self._prompts:
-                data = ray.get(ref)
-                suffix = os.path.splitext(uri)[1][:8] or ".wav"
-                path = Path(self._prompt_dir.name) / f"{short_hash(uri)}{suffix}"
-                path.write_bytes(data)
-                codes = self.model.encode_audio([str(path)])[0]
+                codes = self.model.encode_audio([ray.get(ref)])[0]  # file bytes, decoded in memory
                 self._prompts[uri] = (codes, len(codes))
             return self._prompts[uri]
 
@@ -184,9 +185,19 @@ class Replica:
             decode_audio=False,
         )
 
+    def _ledger_call(self, method: str, keys: list[str], wait: bool) -> None:
+        if self.ledger is None:
+            return
+        import ray
+
+        ref = getattr(self.ledger, method).remote(self.identity["name"], self.identity["pid"], keys)
+        if wait:
+            ray.get(ref)
+
     def _generate(self, batch: list[_Prepared]) -> _Generated:
         """Generate a batch; if it raises, retry its rows one by one so one bad row fails alone."""
         with self._lm_lock:
+            self._ledger_call("begin", [p.row.key for p in batch], wait=True)  # recorded before any work
             start = time.perf_counter()  # busy time, not time spent waiting for the lock
             try:
                 items = list(zip(batch, self._generate_batch(batch)))
@@ -258,6 +269,11 @@ class Replica:
             generated = self._generate(batch)
             pending.append(self._codec.submit(self._decode, generated, failed if i == 0 else []))
             while pending and (pending[0].done() or len(pending) > 1):
-                yield pending.popleft().result()
+                yield from self._sent(pending.popleft().result())
         while pending:
-            yield pending.popleft().result()
+            yield from self._sent(pending.popleft().result())
+
+    def _sent(self, result: BatchResult) -> Iterator[BatchResult]:
+        """Yield one batch's results, then clear its rows from the ledger."""
+        yield result
+        self._ledger_call("finish", [r.key for r in result.rows], wait=False)

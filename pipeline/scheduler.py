@@ -1,8 +1,11 @@
 """The driver loop: replicas pull units of rows, results stream back, dead replicas' rows are re-queued.
 
 Each replica is a Ray actor (``max_restarts`` lets Ray restart it after a crash, on another node if
-its own is gone). The driver keeps up to ``units_in_flight`` units per replica; a replica whose
-unit fails with a ``RayActorError`` is probed with ``describe()`` and used again once it answers.
+its own is gone). The driver keeps up to ``units_in_flight`` units per replica. When a replica
+process dies, that is one death however many units it held: the rows it had started (from the
+row ledger) get an attempt counted, the rest go back to the queue free, and the replica is probed
+with ``describe()`` and used again once it answers. Only a replica that Ray will not restart, or
+one whose units keep raising while it lives (``max_replica_failures`` in a row), is given up.
 """
 from __future__ import annotations
 
@@ -13,10 +16,11 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 import ray
-from ray.exceptions import ActorUnavailableError, RayActorError
+from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
 
 from .config import ClusterConfig
 from .errors import PipelineError
+from .ledger import start_ledger
 from .prompts import PromptStore
 from .replica import BatchResult, ReplicaSettings
 from .rows import RowSpec
@@ -58,7 +62,7 @@ class _Slot:
     probe: Any = None  # ObjectRef of a pending describe()
     probe_again_at: Optional[float] = None  # when to ask again (the actor was still restarting)
     inflight: dict[Any, _Task] = field(default_factory=dict)
-    consecutive_failures: int = 0
+    unit_errors_in_a_row: int = 0  # units that raised while the replica lived, since its last success
     info: dict[str, Any] = field(default_factory=dict)
     ready_at: Optional[float] = None
     last_error: Optional[str] = None
@@ -68,7 +72,8 @@ class _Slot:
     batches: int = 0
     generation_s: float = 0.0
     decode_s: float = 0.0
-    failures: int = 0
+    crashes: int = 0  # times the replica process died (each death once)
+    unit_errors: int = 0  # units that raised an exception in a live replica
     nodes: list[str] = field(default_factory=list)
 
     def room(self, limit: int) -> bool:
@@ -92,6 +97,7 @@ class Scheduler:
         on_batch: Callable[[BatchResult, dict[str, Any]], None],
         on_error: Callable[[RowSpec, str, int], None],
         on_tick: Callable[[], None] = lambda: None,
+        prompts: Optional[PromptStore] = None,
     ) -> None:
         self.cfg = cfg
         self.queue = queue
@@ -99,11 +105,13 @@ class Scheduler:
         self.on_batch = on_batch
         self.on_error = on_error
         self.on_tick = on_tick
-        self.prompts = PromptStore()
+        self.prompts = prompts or PromptStore()
+        self.parked: list[Unit] = []  # units waiting for their prompt files to be read
         self.inflight: dict[Any, _Task] = {}
         self.first_ready_at: Optional[float] = None
         self.resources = dict(resources)  # num_cpus / num_gpus per replica
         self._no_active_since = time.monotonic()
+        self.ledger = start_ledger()
         remote = ray.remote(replica_cls)
         self.slots: list[_Slot] = []
         for i in range(count):
@@ -114,7 +122,7 @@ class Scheduler:
                 max_task_retries=0,
                 max_concurrency=cfg.units_in_flight + 1,
                 scheduling_strategy="SPREAD",
-            ).remote(settings(name))
+            ).remote(settings(name), self.ledger)
             slot = _Slot(name, handle)
             self._probe(slot, STARTING)
             self.slots.append(slot)
@@ -147,21 +155,51 @@ class Scheduler:
         if slot.state == GONE:
             return
         log.warning("%s is given up: %s", slot.name, reason)
+        self._release(slot, reason)
         slot.state, slot.last_error, slot.probe, slot.probe_again_at = GONE, reason, None, None
-        for gen, task in list(slot.inflight.items()):
-            self._requeue(gen, task, reason)
         try:
             ray.kill(slot.handle, no_restart=True)
         except Exception:  # already dead
             pass
 
+    def _started_rows(self, slot: _Slot) -> Optional[set[str]]:
+        """The rows the slot's dead process had started (None when the ledger cannot say)."""
+        try:
+            return set(ray.get(self.ledger.take.remote(slot.name, slot.info.get("pid")), timeout=30))
+        except Exception as e:
+            log.warning("the row ledger did not answer (%s): every row %s held is charged", error_text(e), slot.name)
+            return None
+
+    def _release(self, slot: _Slot, reason: str) -> None:
+        """The slot's process is gone: every unit it held ends here. Rows it had started get one
+        more attempt (or are given up); rows it never started go back to the queue uncharged."""
+        if not slot.inflight:
+            return
+        started = self._started_rows(slot)
+        charged: list[str] = []
+        for gen, task in list(slot.inflight.items()):
+            self._drop(gen, task)
+            remaining = [k for k in task.unit.keys if k in task.remaining]
+            hit = remaining if started is None else [k for k in remaining if k in started]
+            self.queue.give_back(task.unit, [k for k in remaining if k not in hit])
+            charged += hit
+        self._charge(charged, reason)
     # -- dispatch ------------------------------------------------------------------------------
-    def _payload(self, unit: Unit) -> tuple[list[RowSpec], dict[str, Any]]:
+    def _payload(self, unit: Unit) -> Optional[tuple[list[RowSpec], dict[str, Any]]]:
+        """The unit's rows and prompt references; None while a prompt file is still being read.
+        A row whose prompt cannot be used becomes an error here."""
+        entries = {}
+        for key in unit.keys:
+            uri = self.rows[key].prompt_uri
+            if uri and uri not in entries:
+                entries[uri] = self.prompts.get(uri)
+        if any(e is None for e in entries.values()):
+            return None
         rows, prompts = [], {}
         for key in unit.keys:
             row = self.rows[key]
             if row.prompt_uri:
-                ref, problem = self.prompts.get(row.prompt_uri)
+                ref, problem = entries[row.prompt_uri]
                 if problem:
                     self.on_error(row, problem, self.queue.attempts[key])
                     continue
@@ -169,13 +207,30 @@ class Scheduler:
             rows.append(row)
         return rows, prompts
 
+    def _unpark(self) -> None:
+        """Units whose prompts have all been read go back to the front of the queue."""
+        self.prompts.poll()
+        waiting = []
+        for unit in reversed(self.parked):
+            if all(self.prompts.get(self.rows[k].prompt_uri) is not None for k in unit.keys
+                   if self.rows[k].prompt_uri):
+                self.queue.give_back(unit)
+            else:
+                waiting.append(unit)
+        self.parked = waiting[::-1]
+
     def _dispatch(self) -> None:
+        self._unpark()
         for slot in self.slots:
             while slot.room(self.cfg.units_in_flight):
                 unit = self.queue.take(replica_idle=not slot.inflight)
                 if unit is None:
                     break
-                rows, prompts = self._payload(unit)
+                payload = self._payload(unit)
+                if payload is None:  # its prompts are being read: take the next unit meanwhile
+                    self.parked.append(unit)
+                    continue
+                rows, prompts = payload
                 if not rows:
                     continue
                 gen = slot.handle.run_unit.remote(rows, prompts)
@@ -187,12 +242,11 @@ class Scheduler:
         self.inflight.pop(gen, None)
         task.slot.inflight.pop(gen, None)
 
-    def _requeue(self, gen: Any, task: _Task, reason: str) -> None:
-        """The rows a failed unit had not finished get one more attempt (or are given up)."""
-        self._drop(gen, task)
-        for key in self.queue.failed(sorted(task.remaining, key=task.unit.keys.index)):
+    def _charge(self, keys: list[str], reason: str) -> None:
+        """Count one attempt for each row; rows at ``max_attempts`` become errors, the rest are re-queued."""
+        for key in self.queue.failed(keys):
             n = self.queue.attempts[key]
-            self.on_error(self.rows[key], f"replica failed {n} times while holding this row (last: {reason})", n)
+            self.on_error(self.rows[key], f"replica failed {n} times while generating this row (last: {reason})", n)
 
     def _on_generator(self, gen: Any) -> None:
         task = self.inflight[gen]
@@ -202,20 +256,28 @@ class Scheduler:
         except StopIteration:
             self._drop(gen, task)
             if task.remaining:  # should not happen: the replica ended the unit early
-                self._requeue(gen, task, "the replica returned without finishing its unit")
+                self._charge(sorted(task.remaining, key=task.unit.keys.index),
+                             "the replica returned without finishing its unit")
             return
-        except Exception as e:
+        except RayTaskError as e:  # the unit raised; the replica process lives on
             reason = error_text(e)
-            slot.failures += 1
-            slot.consecutive_failures += 1
-            log.warning("%s failed with %d rows in flight: %s", slot.name, len(task.remaining), reason)
-            self._requeue(gen, task, reason)
-            if slot.consecutive_failures >= self.cfg.max_replica_failures:
-                self._give_up(slot, f"{slot.consecutive_failures} failures in a row; last: {reason}")
-            elif isinstance(e, RayActorError):
-                self._probe(slot, PROBING)
+            slot.unit_errors += 1
+            slot.unit_errors_in_a_row += 1
+            log.warning("%s: a unit failed with %d rows left: %s", slot.name, len(task.remaining), reason)
+            self._drop(gen, task)
+            self._charge(sorted(task.remaining, key=task.unit.keys.index), reason)
+            if slot.unit_errors_in_a_row >= self.cfg.max_replica_failures:
+                self._give_up(slot, f"{slot.unit_errors_in_a_row} units failed in a row; last: {reason}")
             return
-        slot.consecutive_failures = 0
+        except Exception as e:  # the process died (or its node left): one death, whatever it held
+            reason = error_text(e)
+            slot.crashes += 1
+            log.warning("%s died with %d rows in flight: %s", slot.name,
+                        sum(len(t.remaining) for t in slot.inflight.values()), reason)
+            self._release(slot, reason)
+            self._probe(slot, PROBING)  # Ray restarts it unless its restarts are used up
+            return
+        slot.unit_errors_in_a_row = 0
         fresh = [r for r in result.rows if r.key in task.remaining]
         task.remaining.difference_update(r.key for r in fresh)
         result.rows = fresh
@@ -235,7 +297,8 @@ class Scheduler:
         waiting = [s for s in self.slots if s.state in (STARTING, PROBING)]
         if not waiting:
             reasons = "; ".join(f"{s.name}: {s.last_error}" for s in self.slots if s.last_error)
-            raise PipelineError(f"no replica is left to run the remaining {len(self.queue)} rows. {reasons}")
+            left = len(self.queue) + sum(len(u.keys) for u in self.parked)
+            raise PipelineError(f"no replica is left to run the remaining {left} rows. {reasons}")
         if now - self._no_active_since > self.cfg.start_timeout_s:
             raise PipelineError(
                 f"no replica was ready for {self.cfg.start_timeout_s:.0f} s (cluster.start_timeout_s): each asks "
@@ -245,7 +308,7 @@ class Scheduler:
     def run(self) -> None:
         """Until every queued row is finished or given up."""
         try:
-            while len(self.queue) or self.inflight:
+            while len(self.queue) or self.inflight or self.parked:
                 now = time.monotonic()
                 for slot in self.slots:
                     if slot.probe_again_at is not None and slot.probe_again_at <= now:
@@ -254,10 +317,11 @@ class Scheduler:
                 probes = {s.probe: s for s in self.slots if s.probe is not None}
                 waitables = [*self.inflight, *probes]
                 if not waitables:
-                    time.sleep(0.1)  # only replicas waiting to be asked again
+                    time.sleep(0.05)  # only replicas waiting to be asked again, or prompts being read
                     ready = []
                 else:
-                    ready, _ = ray.wait(waitables, num_returns=1, timeout=1.0)
+                    timeout = 0.05 if self.parked else 1.0
+                    ready, _ = ray.wait(waitables, num_returns=1, timeout=timeout)
                 for obj in ready:
                     if obj in probes:
                         self._on_probe(probes[obj])
@@ -269,23 +333,23 @@ class Scheduler:
             self.shutdown()
 
     def shutdown(self) -> None:
-        """Stop every replica actor."""
-        for slot in self.slots:
+        """Stop every replica actor and the ledger."""
+        for handle in [s.handle for s in self.slots] + [self.ledger]:
             try:
-                ray.kill(slot.handle, no_restart=True)
+                ray.kill(handle, no_restart=True)
             except Exception:
                 pass
 
     # -- statistics ----------------------------------------------------------------------------
     def replica_stats(self, end: float) -> dict[str, dict[str, Any]]:
-        """Per replica: rows, batches, failures, node(s), device and busy fraction."""
+        """Per replica: rows, batches, crashes, unit errors, node(s), device and busy fraction."""
         out = {}
         for s in self.slots:
             alive = (end - s.ready_at) if s.ready_at else 0.0
             out[s.name] = {
                 "state": s.state, "host": s.info.get("host"), "device": s.info.get("device"),
                 "nodes": s.nodes, "rows_ok": s.rows_ok, "rows_error": s.rows_error, "batches": s.batches,
-                "failures": s.failures, "generation_s": round(s.generation_s, 3), "decode_s": round(s.decode_s, 3),
+                "crashes": s.crashes, "unit_errors": s.unit_errors, "generation_s": round(s.generation_s, 3), "decode_s": round(s.decode_s, 3),
                 "busy_fraction": round(min(1.0, s.generation_s / alive), 3) if alive > 0 else 0.0,
                 "last_error": s.last_error,
             }

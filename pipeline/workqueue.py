@@ -1,7 +1,7 @@
 """The driver-side queue of work units, with per-row attempt counts and poison-row isolation.
 
-Replicas pull units; nothing is split up front. When a replica dies, the rows it held come back
-with one more attempt. Rows near their attempt limit are retried alone, as *exclusive* units that
+Replicas pull units; nothing is split up front. When a replica dies, the rows it had started come
+back with one more attempt (see ``ledger.py``); rows it held but had not started come back free. Rows near their attempt limit are retried alone, as *exclusive* units that
 run on an otherwise idle replica, so the next death is pinned on the one row that caused it and
 innocent neighbours are never charged for it.
 """
@@ -53,9 +53,17 @@ class WorkQueue:
             return self._alone.popleft() if replica_idle else None
         return self._normal.popleft() if self._normal else None
 
-    def give_back(self, unit: Unit) -> None:
-        """Return a unit that was taken but never started (e.g. its replica went away first)."""
-        (self._alone if unit.exclusive else self._normal).appendleft(unit)
+    def give_back(self, unit: Unit, keys: Optional[Sequence[str]] = None) -> None:
+        """Return rows of a unit that never started (e.g. its replica died first), with no attempt
+        counted: ``keys`` (default: the whole unit) go to the front of the queue, a lone retry stays one."""
+        keys = list(unit.keys if keys is None else keys)
+        if not keys:
+            return
+        if unit.exclusive:
+            self._alone.appendleft(Unit(next(self._uids), keys, exclusive=True))
+            return
+        for part in reversed(list(self._chunk(keys))):
+            self._normal.appendleft(part)
 
     def failed(self, keys: Iterable[str]) -> list[str]:
         """Rows whose replica died: count the attempt and re-queue them.

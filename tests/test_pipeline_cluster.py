@@ -87,5 +87,5 @@ def test_node_removed_mid_job_costs_only_its_in_flight_rows(
     assert (
         all(r["attempts"] <= 1 for r in meta) and len(requeued) <= 4
     )  # at most its units in flight
-    failed = [r for r in summary["replicas"].values() if r["failures"]]
+    failed = [r for r in summary["replicas"].values() if r["crashes"]]
     assert len(failed) == 1

@@ -1,6 +1,7 @@
 """Audio prompts from files through the real (tiny, random) DAC codec, and decoded audio."""
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -77,3 +78,5 @@ def test_encode_audio_gives_reusable_prompt_codes(model, tmp_path):
     a = model.generate("[S1] Reused.", audio_prompts=[codes], max_new_frames=10, seed=9)[0]
     b = model.generate("[S1] Reused.", audio_prompts=[path], max_new_frames=10, seed=9)[0]
     np.testing.assert_array_equal(a.codes, b.codes)
+    from_bytes = model.encode_audio([Path(path).read_bytes()])[0]  # a file's bytes, no temporary file
+    np.testing.assert_array_equal(from_bytes, codes)
