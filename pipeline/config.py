@@ -5,13 +5,19 @@ dataclasses, so an override that names an unknown key or has the wrong type is a
 """
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import enum
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
+from omegaconf.errors import ConfigKeyError, InterpolationResolutionError, MissingMandatoryValue, ValidationError
+
+from .errors import PipelineError
 
 EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
 TINY_RANDOM = "tiny-random"
@@ -65,6 +71,8 @@ class DataConfig:
     text_column: str = "text"
     id_column: str = "id"
     limit: Optional[int] = None  # only the first N rows (after concatenating shards in order)
+    prompt_timeout_s: float = 60.0  # an audio_prompt file not read by then becomes that row's error
+    prompt_max_mb: float = 64.0  # larger audio_prompt files are refused (a 10 s clip is ~1 MB)
 
 
 @dataclass
@@ -97,7 +105,9 @@ class ClusterConfig:
     units_in_flight: int = 2  # units a replica holds at once (the next one is ready while one decodes)
     max_attempts: int = 3  # a row whose replica died this many times is marked error
     max_restarts: int = -1  # Ray restarts of a dead replica actor (-1: unlimited)
-    max_replica_failures: int = 10  # consecutive failures after which a replica is given up
+    # units that raise in a live replica, in a row, after which it is given up (deaths do not count:
+    # a dead replica is restarted by Ray up to max_restarts times)
+    max_replica_failures: int = 10
     start_timeout_s: float = 900.0  # fail when no replica is ready for this long
 
 
@@ -132,18 +142,85 @@ def _example_path(name: str = "") -> str:
 
 
 def register() -> None:
-    """Register the schema with Hydra's ConfigStore and the ``${pipeline_examples:...}`` resolver."""
+    """Register the schema with Hydra's ConfigStore and the ``${pipeline_examples:...}`` and
+    ``${pipeline_job_name:...}`` resolvers."""
     ConfigStore.instance().store(name="pipeline_schema", node=JobConfig)
     if not OmegaConf.has_resolver("pipeline_examples"):
         OmegaConf.register_new_resolver("pipeline_examples", _example_path)
+    if not OmegaConf.has_resolver("pipeline_job_name"):
+        OmegaConf.register_new_resolver("pipeline_job_name", job_dir_name)
+
+
+def unknown_keys(cfg: Any, schema: type = JobConfig, prefix: str = "") -> list[str]:
+    """Dotted keys in ``cfg`` that the schema does not define, each with a hint.
+
+    Hydra's ``+key=value`` adds a key even to a structured config, and merging into the schema
+    silently drops it, so a typo like ``+generation.cfg_scal=2`` would run with the default.
+    """
+    known = {f.name: f for f in dataclasses.fields(schema)}
+    problems = []
+    for key in cfg.keys() if hasattr(cfg, "keys") else []:
+        name = f"{prefix}{key}"
+        if key not in known:
+            close = difflib.get_close_matches(str(key), list(known), n=1)
+            hint = f" (did you mean {prefix}{close[0]}?)" if close else f" (known: {', '.join(sorted(known))})"
+            problems.append(f"{name}{hint}")
+            continue
+        sub = known[key].default_factory if known[key].default_factory is not dataclasses.MISSING else None
+        value = OmegaConf.select(cfg, str(key), throw_on_missing=False) if OmegaConf.is_config(cfg) else cfg[key]
+        if isinstance(sub, type) and dataclasses.is_dataclass(sub) and OmegaConf.is_dict(value):
+            problems += unknown_keys(value, sub, f"{name}.")
+    return problems
 
 
 def to_job_config(cfg: Any) -> JobConfig:
-    """Turn a Hydra/OmegaConf config (or a JobConfig) into a validated JobConfig."""
+    """Turn a Hydra/OmegaConf config (or a JobConfig) into a validated JobConfig.
+
+    Every problem is a PipelineError with one line saying what to set or fix: an unknown key
+    (however it was spelt, ``+`` included), a missing required value, a value of the wrong type.
+    """
     if isinstance(cfg, JobConfig):
         return cfg
-    merged = OmegaConf.merge(OmegaConf.structured(JobConfig), cfg)
-    return OmegaConf.to_object(merged)  # type: ignore[return-value]
+    bad = unknown_keys(cfg)
+    if bad:
+        raise PipelineError(f"unknown setting{'s' if len(bad) > 1 else ''}: {'; '.join(bad)}")
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(JobConfig), cfg)
+        return OmegaConf.to_object(merged)  # type: ignore[return-value]
+    except MissingMandatoryValue as e:
+        key = e.full_key or "a required setting"
+        hint = _MISSING_HINTS.get(key, "")
+        raise PipelineError(f"{key} is not set{hint}") from None
+    except (ValidationError, ConfigKeyError, InterpolationResolutionError) as e:
+        raise PipelineError(f"{e.full_key or 'config'}: {str(e).splitlines()[0]}") from None
+
+
+_MISSING_HINTS = {
+    "data.input": ": add data.input=<Parquet file, folder, glob or URI> (e.g. data.input=scripts.parquet)",
+    "output.dir": ": add output.dir=<job folder>",
+    "cluster.address": ": add cluster.address=ray://<head host>:10001",
+}
+
+
+def job_dir_name(data_name: str, model_name: str, overrides: str) -> str:
+    """The default job folder name: ``<data>-<model>``, plus ``__<overrides>`` when any were given.
+
+    Jobs with and without overrides are siblings (never one inside another), a ``/`` in an override
+    value cannot make sub-folders, and a long override list is cut and hashed to stay a valid name.
+    """
+    base = f"{data_name}-{model_name}"
+    if not overrides:
+        return base
+    tail = overrides.replace("/", "_").replace("\\", "_")
+    name = f"{base}__{tail}"
+    if len(name.encode()) > MAX_JOB_DIR_NAME:
+        digest = hashlib.sha256(tail.encode()).hexdigest()[:10]
+        keep = name.encode()[: MAX_JOB_DIR_NAME - 11].decode(errors="ignore")
+        name = f"{keep}-{digest}"
+    return name
+
+
+MAX_JOB_DIR_NAME = 160
 
 
 def to_plain(cfg: JobConfig) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """Whole-or-nothing file writes inside the job directory."""
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
 from pathlib import Path
@@ -10,7 +11,10 @@ TMP_MARK = ".tmp-"
 
 
 def _tmp_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}-{secrets.token_hex(4)}")
+    """A hidden name beside ``path``; a long name is replaced by its hash so the temporary name fits
+    the file system's limit whenever the final one does."""
+    name = path.name if len(path.name.encode()) <= 200 else hashlib.sha256(path.name.encode()).hexdigest()[:16]
+    return path.with_name(f".{name}{TMP_MARK}{os.getpid()}-{secrets.token_hex(4)}")
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:

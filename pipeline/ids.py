@@ -6,7 +6,10 @@ import re
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._=+-]")
 _RESERVED = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(10)), *(f"lpt{i}" for i in range(10))}
-MAX_STEM = 96
+MAX_STEM = 96  # of the id's own part
+# of a whole file stem, sweep tag included: with the extension and the temporary-name suffix
+# (files.py, about 25 bytes) a name stays well under the 255 bytes file systems allow
+MAX_FILE_STEM = 200
 
 
 def short_hash(text: str, n: int = 10) -> str:
@@ -28,19 +31,28 @@ def safe_stem(raw: str) -> str:
     return stem
 
 
+def bounded(stem: str, limit: int = MAX_FILE_STEM) -> str:
+    """``stem`` if it fits in ``limit`` bytes, else its start plus a hash of the whole (still unique)."""
+    if len(stem.encode()) <= limit:
+        return stem
+    digest = short_hash(stem)
+    return stem.encode()[: limit - len(digest) - 1].decode(errors="ignore") + "-" + digest
+
+
 class StemAllocator:
-    """Hands out file stems that are unique (case-insensitively) within one folder."""
+    """Hands out file stems that are unique (case-insensitively) within one folder and bounded in length."""
 
     def __init__(self) -> None:
         self._taken: set[str] = set()
 
     def allocate(self, name: str, unique: str, suffix: str = "") -> str:
         """A stem for ``name`` (+ ``suffix``); ``unique`` (distinct per caller) breaks collisions."""
-        stem = safe_stem(name) + suffix
+        suffix = _UNSAFE.sub("_", suffix)
+        stem = bounded(safe_stem(name) + suffix)
         n = 0
         while stem.lower() in self._taken:
             n += 1
             salt = unique if n == 1 else f"{unique}#{n}"
-            stem = f"{safe_stem(name)}-{short_hash(salt)}{suffix}"
+            stem = bounded(f"{safe_stem(name)}-{short_hash(salt)}{suffix}")
         self._taken.add(stem.lower())
         return stem

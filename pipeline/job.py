@@ -1,6 +1,7 @@
 """One job from start to end: plan, resume, run on Ray, write audio + metadata + job.json, summarise."""
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import platform
@@ -16,9 +17,11 @@ from .cluster import connect, plan_replicas
 from .config import JobConfig, to_job_config, to_plain
 from .errors import PipelineError
 from .files import atomic_write_bytes, inside, remove_stale_temporaries
+from .hub_check import check_model_sources
 from .metadata import STATUS_ERROR, STATUS_OK, MetadataStore, base_record, error_record
 from .plan import JobPlan, build_plan
-from .progress import Progress, format_summary
+from .progress import Progress, format_summary, group_errors
+from .prompts import PromptStore
 from .replica import BatchResult, Replica, ReplicaSettings
 from .resume import JOB_JSON, check_fingerprint, clear_outputs, fingerprint, read_job_json, select_rows
 from .rows import RowSpec
@@ -26,6 +29,8 @@ from .scheduler import Scheduler
 from .workqueue import WorkQueue
 
 log = logging.getLogger("pipeline")
+# errors writing one file that say every other file would fail too: stop, so that no row is marked error
+JOB_WIDE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
 _PACKAGES = ("dia-datasets", "torch", "ray", "pyarrow", "soundfile", "transformers", "hydra-core", "omegaconf",
              "numpy", "huggingface_hub", "tqdm")
 
@@ -98,12 +103,31 @@ class _Job:
                 generation_s=result.generation_s, decode_s=result.decode_s,
                 finished_at=datetime.now(timezone.utc),
             )
-            if r.ok:
-                record["audio_path"] = row.audio_path
-                atomic_write_bytes(inside(self.job_dir, row.audio_path), r.audio)
+            ok = r.ok
+            if ok:
+                problem = self._write_audio(row, r.audio)
+                if problem:
+                    ok = False
+                    record.update(status=STATUS_ERROR, error=problem)
+                else:
+                    record["audio_path"] = row.audio_path
             self.finished.add(row.key)
-            self.store.add(record, r.audio)
-            self.progress.row(r.ok, r.duration_s or 0.0)
+            self.store.add(record, r.audio if ok else None)
+            self.progress.row(ok, (r.duration_s or 0.0) if ok else 0.0)
+
+    def _write_audio(self, row: RowSpec, data: bytes) -> Optional[str]:
+        """Write one row's audio file whole or not at all; a problem with this row's file becomes the
+        row's error (returned), one that no row could get past (disk full, read-only) stops the job."""
+        try:
+            atomic_write_bytes(inside(self.job_dir, row.audio_path), data)
+        except OSError as e:
+            if e.errno in JOB_WIDE_ERRNOS:
+                raise PipelineError(f"cannot write audio under {self.job_dir}: {e.strerror or e}. Free space or fix "
+                                    "permissions, then run the same command again to resume.") from e
+            return f"cannot write the audio file {row.audio_path}: {type(e).__name__}: {e.strerror or e}"
+        except ValueError as e:  # a path that would leave the job directory
+            return f"cannot write the audio file: {e}"
+        return None
 
     # -- steps -----------------------------------------------------------------------------
     def prepare(self) -> list[RowSpec]:
@@ -113,6 +137,7 @@ class _Job:
             audio_io.check_format(cfg.output.format.value, cfg.output.subtype)
         except ValueError as e:
             raise PipelineError(f"output.subtype: {e}") from e
+        check_model_sources(cfg.model)  # before any folder is made or replica started
         if cfg.overwrite:
             clear_outputs(self.job_dir)
         previous = read_job_json(self.job_dir)
@@ -169,10 +194,11 @@ class _Job:
                                    audio_subtype=cfg.output.subtype, batch_size=cfg.generation.batch_size,
                                    frame_budget=cfg.generation.frame_budget)
 
+        prompts = PromptStore(timeout_s=cfg.data.prompt_timeout_s, max_bytes=int(cfg.data.prompt_max_mb * 2**20))
         self.scheduler = Scheduler(
             cfg=cfg.cluster, queue=self.queue, rows=self.plan_index, settings=settings, count=rplan.count,
             resources={"num_cpus": rplan.num_cpus, "num_gpus": rplan.num_gpus}, replica_cls=self.replica_cls,
-            on_batch=self.on_batch, on_error=self._record_error, on_tick=self.progress.refresh,
+            on_batch=self.on_batch, on_error=self._record_error, on_tick=self.progress.refresh, prompts=prompts,
         )
         self.scheduler.run()
 
@@ -181,10 +207,14 @@ class _Job:
         table = self.store.read_all()
         counts: dict[str, int] = {}
         audio_total = 0.0
+        errors: list[dict[str, Any]] = []
         if table.num_rows:
-            for status in table.column("status").to_pylist():
+            statuses = table.column("status").to_pylist()
+            for status in statuses:
                 counts[status] = counts.get(status, 0) + 1
             audio_total = sum(d or 0.0 for d in table.column("duration_s").to_pylist())
+            ids, reasons = table.column("id").to_pylist(), table.column("error").to_pylist()
+            errors = group_errors((i, e or "") for i, e, st in zip(ids, reasons, statuses) if st == STATUS_ERROR)
         p = self.progress
         wall = ended - self.started
         first_ready = self.scheduler.first_ready_at if self.scheduler else None
@@ -193,9 +223,8 @@ class _Job:
             "rows_done": p.ok + p.error, "ok": p.ok, "error": p.error, "skipped": self.skipped,
             "wall_s": round(wall, 3), "audio_s": round(p.audio_s, 3),
             "rows_per_s": round((p.ok + p.error) / wall, 4) if wall > 0 else 0.0,
-            "audio_s_per_wall_s": round(p.audio_s / wall, 4) if wall > 0 else 0.0,
-            "realtime_factor": round(p.audio_s / wall, 4) if wall > 0 else 0.0,
-            "rtf": round(wall / p.audio_s, 4) if p.audio_s > 0 else None,
+            "audio_s_per_wall_s": round(p.audio_s / wall, 4) if wall > 0 else 0.0,  # "x real time"
+            "wall_s_per_audio_s": round(wall / p.audio_s, 4) if p.audio_s > 0 else None,
             "startup_s": round(first_ready - self.started, 3) if first_ready else None,
             "steady_rows_per_s": round(p.ok / steady, 4) if steady else None,
             "steady_audio_s_per_wall_s": round(p.audio_s / steady, 4) if steady else None,
@@ -203,8 +232,10 @@ class _Job:
             "first_row_at": p.first_row_at,
         }
         return {
-            "job_dir": str(self.job_dir), "rows": len(self.plan.rows), "status_counts": counts,
-            "audio_s": round(audio_total, 3), "this_run": run,
+            # rows: every row the job has a record of (a data.limit run may plan fewer); planned: this run's
+            "job_dir": str(self.job_dir), "rows": max(table.num_rows, len(self.plan.rows)),
+            "planned": len(self.plan.rows), "status_counts": counts,
+            "audio_s": round(audio_total, 3), "this_run": run, "errors": errors,
             "replicas": self.scheduler.replica_stats(ended) if self.scheduler else {},
         }
 
@@ -249,5 +280,23 @@ def run_job(cfg: Any, *, replica_cls: type = Replica) -> dict[str, Any]:
         job.store.flush()
         summary = job.summary(time.time()) if status == "completed" else None
         job.write_job_json(status, summary, error)
-    print(format_summary(summary), flush=True)
+    report(format_summary(summary))
     return summary
+
+
+def report(text: str) -> None:
+    """Show the end-of-run text: through logging when it is set up (the Hydra CLI: console and
+    pipeline.log), else on stdout."""
+    if logging.getLogger().handlers:
+        log.info("%s", text)
+    else:
+        print(text, flush=True)
+
+
+def exit_code(summary: dict[str, Any]) -> int:
+    """The CLI's exit status for a finished job: 3 when rows were there to make and none is ok."""
+    counts = summary.get("status_counts", {})
+    if summary.get("rows", 0) and not counts.get(STATUS_OK, 0):
+        return 3
+    run = summary.get("this_run", {})
+    return 3 if run.get("rows_done", 0) and not run.get("ok", 0) else 0

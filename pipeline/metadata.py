@@ -180,8 +180,13 @@ class MetadataStore:
 
     # -- merging ---------------------------------------------------------------------------
     def consolidate(self) -> None:
-        """Merge each shard's file and parts into ``metadata/<shard>.parquet``: one row per planned row,
-        in input order, the newest record winning; then delete the merged parts."""
+        """Merge each shard's file and parts into ``metadata/<shard>.parquet``: one row per row key,
+        the newest record winning, in input order; then delete the merged parts.
+
+        Records of rows outside this run's plan are kept: a run over a subset of the job
+        (``data.limit``) must never drop what other runs finished. Such a record goes only when a
+        planned row now holds the same input cell (shard, row index, sweep point) under another key.
+        """
         self.flush()
         order = {r.key: n for n, r in enumerate(self.plan.rows)}
         for shard in self.plan.carried:
@@ -192,8 +197,10 @@ class MetadataStore:
             tables = [pq.read_table(p) for p in sources]
             merged = pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
             keys = merged.column("key").to_pylist()
-            last = {key: i for i, key in enumerate(keys) if key in order}
-            picked = sorted(last.values(), key=lambda i: order[keys[i]])
+            cells = list(zip(merged.column("row_index").to_pylist(), merged.column("sweep_point").to_pylist()))
+            owned = {(r.row_index, r.sweep_point) for r in self.plan.rows if r.shard == shard}
+            last = {key: i for i, key in enumerate(keys) if key in order or cells[i] not in owned}
+            picked = sorted(last.values(), key=lambda i: (cells[i][0], order.get(keys[i], len(order)), i))
             self._write(self.dir / f"{shard}.parquet", merged.take(pa.array(picked, pa.int64())))
             for p in parts:
                 p.unlink(missing_ok=True)

@@ -19,6 +19,11 @@ def default_cache_dir() -> Path:
     return Path(base) / "dia-pipeline"
 
 
+def cache_root(cache_dir: Optional[str]) -> Path:
+    """``model.cache_dir``, or the default cache folder."""
+    return Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+
+
 def ensure_tiny_checkpoint(cache_dir: Optional[str], seed: int) -> Path:
     """Build (once per cache folder and seed) a tiny random Dia checkpoint with its tiny codec.
 
@@ -27,7 +32,7 @@ def ensure_tiny_checkpoint(cache_dir: Optional[str], seed: int) -> Path:
     """
     from dia_model import make_tiny_checkpoint
 
-    root = Path(cache_dir) if cache_dir else default_cache_dir()
+    root = cache_root(cache_dir)
     folder = root / f"tiny-random-seed{seed}"
     if (folder / _DONE).is_file():
         return folder

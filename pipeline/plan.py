@@ -1,18 +1,19 @@
 """From input shards and config to the full list of rows the job must produce."""
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (pa.compute)
 
 from .config import JobConfig
 from .errors import PipelineError
 from .ids import StemAllocator
 from .inputs import Shard, check_schemas, resolve_inputs
 from .metadata import OWN_COLUMNS
-from .rows import OVERRIDES, PROMPT_COLUMNS, RowSpec, make_row, parse_cells, parse_number
+from .rows import MISSING_TEXT, OVERRIDES, PROMPT_COLUMNS, RowSpec, make_row, parse_cells, parse_number
 from .sweep import sweep_points
 
 
@@ -55,6 +56,63 @@ def _carried_columns(schema: pa.Schema, cfg: JobConfig) -> tuple[list[str], dict
     return names, renamed
 
 
+def _is_text(kind: pa.DataType) -> bool:
+    return pa.types.is_string(kind) or pa.types.is_large_string(kind)
+
+
+def read_cells(table: pa.Table, name: str) -> tuple[list[Any], dict[int, str]]:
+    """A column as Python values, plus a problem per row whose cell cannot be decoded (that cell
+    becomes None). One bad cell (invalid UTF-8, an out-of-range timestamp, ...) costs its row, not
+    the job."""
+    column = table.column(name)
+    try:
+        return column.to_pylist(), {}
+    except Exception:
+        pass
+    values: list[Any] = []
+    problems: dict[int, str] = {}
+    if _is_text(column.type):
+        raw = column.cast(pa.large_binary()).to_pylist()  # no UTF-8 check: decode each cell ourselves
+        for i, cell in enumerate(raw):
+            try:
+                values.append(None if cell is None else cell.decode("utf-8"))
+            except UnicodeDecodeError as e:
+                values.append(None)
+                problems[i] = f"column {name!r} is not valid UTF-8 (bad byte at offset {e.start})"
+        return values, problems
+    for i in range(len(column)):
+        try:
+            values.append(column[i].as_py())
+        except Exception as e:
+            values.append(None)
+            problems[i] = f"column {name!r} cannot be read: {type(e).__name__}: {e}"
+    return values, problems
+
+
+def clean_carried(table: pa.Table) -> tuple[pa.Table, dict[int, str]]:
+    """Carried-through columns with cells that cannot be decoded get those cells nulled (so the
+    metadata stays readable) and the rows a problem each."""
+    problems: dict[int, str] = {}
+    for index, name in enumerate(table.column_names):
+        column = table.column(name)
+        try:
+            for chunk in column.chunks:
+                chunk.validate(full=True)
+            continue
+        except Exception:
+            pass
+        values, bad = read_cells(table, name)
+        for i, problem in bad.items():
+            problems.setdefault(i, problem)
+        if _is_text(column.type):
+            fixed = pa.array(values, column.type)
+        else:
+            keep = pa.array([i not in bad for i in range(len(column))])
+            fixed = pa.compute.if_else(keep, column, pa.nulls(len(column), column.type))
+        table = table.set_column(index, name, fixed)
+    return table, problems
+
+
 def build_plan(cfg: JobConfig, job_seed: int, check_script: Callable[[str], list[str]]) -> JobPlan:
     """Read every shard and turn each (row, sweep point) into a RowSpec with a unique key and file name."""
     check_defaults(cfg)
@@ -77,31 +135,40 @@ def build_plan(cfg: JobConfig, job_seed: int, check_script: Callable[[str], list
             remaining -= table.num_rows
         tables.append((shard, table))
 
-    def ids_of(shard: Shard, table: pa.Table) -> list[str]:
-        raw = table.column(cfg.data.id_column).to_pylist() if cfg.data.id_column in table.column_names else None
+    def ids_of(shard: Shard, table: pa.Table) -> tuple[list[str], dict[int, str]]:
+        raw, problems = (read_cells(table, cfg.data.id_column) if cfg.data.id_column in table.column_names
+                         else ([None] * table.num_rows, {}))
         out = []
-        for i in range(table.num_rows):
-            value = None if raw is None else raw[i]
+        for i, value in enumerate(raw):
             out.append(f"{shard.name}-{i:06d}" if value is None or value == "" else str(value))
-        return out
+        return out, problems
 
     all_ids = [ids_of(shard, table) for shard, table in tables]
-    counts = Counter(i for ids in all_ids for i in ids)
+    counts = Counter(i for ids, _ in all_ids for i in ids)
 
     plan = JobPlan(shards=[s for s, _ in tables], rows=[])
-    for (shard, table), ids in zip(tables, all_ids):
+    for (shard, table), (ids, id_problems) in zip(tables, all_ids):
         names, renamed = _carried_columns(table.schema, cfg)
-        plan.carried[shard.name] = table.select(names).rename_columns([renamed.get(n, n) for n in names])
+        carried, carried_problems = clean_carried(table.select(names))
+        plan.carried[shard.name] = carried.rename_columns([renamed.get(n, n) for n in names])
         plan.renamed.update(renamed)
-        columns = {
-            name: table.column(src).to_pylist()
-            for name, src in [("text", cfg.data.text_column), *((c, c) for c in (*OVERRIDES, *PROMPT_COLUMNS))]
-            if src in table.column_names
-        }
+        bad_cells: dict[int, list[str]] = defaultdict(list)  # row -> cells that could not be decoded
+        for problems in (id_problems, carried_problems):
+            for i, problem in problems.items():
+                bad_cells[i].append(problem)
+        columns, bad_text = {}, set()
+        for name, src in [("text", cfg.data.text_column), *((c, c) for c in (*OVERRIDES, *PROMPT_COLUMNS))]:
+            if src in table.column_names:
+                columns[name], problems = read_cells(table, src)
+                for i, problem in problems.items():
+                    bad_cells[i].append(problem)
+                bad_text |= set(problems) if name == "text" else set()
         stems = StemAllocator()
         for i, row_id in enumerate(ids):
             base_key = row_id if counts[row_id] == 1 else f"{row_id}@{shard.name}:{i}"
             parsed = parse_cells({name: values[i] for name, values in columns.items()}, check_script)
+            if i in bad_cells:  # an undecodable text cell is not also "missing"
+                parsed.problems = bad_cells[i] + [p for p in parsed.problems if i not in bad_text or p != MISSING_TEXT]
             for p, (tag, values) in enumerate(points):
                 key = base_key if tag is None else f"{base_key}|{tag}"
                 stem = stems.allocate(row_id, unique=base_key, suffix=f"__{tag}" if tag else "")

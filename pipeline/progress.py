@@ -1,14 +1,15 @@
 """The driver's live progress bar and the end-of-run summary text."""
 from __future__ import annotations
 
+import re
 import time
-from typing import Any, Optional
+from typing import Any, Iterable, Optional
 
 from tqdm import tqdm
 
 
 class Progress:
-    """Rows done/failed, audio-seconds produced, audio-seconds per wall-second and ETA."""
+    """Rows ok / error, audio-seconds produced, × real time (audio-seconds per wall-second) and ETA."""
 
     def __init__(self, total: int, enabled: bool = True) -> None:
         self.start = time.time()
@@ -35,31 +36,80 @@ class Progress:
         if force or now - self._shown >= 0.5:
             self._shown = now
             wall = max(now - self.start, 1e-9)
-            self.bar.set_postfix(ok=self.ok, failed=self.error, audio=f"{self.audio_s:.1f}s",
-                                 x_realtime=f"{self.audio_s / wall:.2f}", refresh=True)
+            self.bar.set_postfix_str(f"ok={self.ok}, error={self.error}, audio={self.audio_s:.1f}s, "
+                                     f"{self.audio_s / wall:.2f}× real time", refresh=True)
 
     def close(self) -> None:
         self.refresh(force=True)
         self.bar.close()
 
 
+_QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
+_PATH = re.compile(r"(?:\b[a-z][a-z0-9+.-]*://|(?<![\w.])/)[^\s,;()'\"]+")
+_NUMBER = re.compile(r"(?<![\w.])[-+]?\d+(?:\.\d+)?(?:e[-+]?\d+)?(?![\w.])")
+ERROR_EXAMPLE_IDS = 5
+
+
+def error_kind(message: str) -> str:
+    """A row error with its particulars (quoted values, paths, numbers) blanked out, so rows that
+    failed for the same reason group together."""
+    kind = _QUOTED.sub("'…'", message)
+    kind = _PATH.sub("<path>", kind)
+    kind = _NUMBER.sub("N", kind)
+    return kind[:240]
+
+
+def group_errors(rows: Iterable[tuple[str, str]]) -> list[dict[str, Any]]:
+    """(id, error) pairs -> groups by reason, largest first: reason, count, one full example message
+    and the first few ids."""
+    groups: dict[str, dict[str, Any]] = {}
+    for row_id, message in rows:
+        g = groups.setdefault(error_kind(message), {"count": 0, "example": message[:500], "ids": []})
+        g["count"] += 1
+        if len(g["ids"]) < ERROR_EXAMPLE_IDS:
+            g["ids"].append(row_id)
+    return [{"reason": k, **g} for k, g in sorted(groups.items(), key=lambda kv: -kv[1]["count"])]
+
+
+def format_errors(groups: list[dict[str, Any]], limit: int = 10) -> list[str]:
+    """Lines listing error groups: count, reason, example ids and one full message."""
+    if not groups:
+        return []
+    total = sum(g["count"] for g in groups)
+    lines = [f"errors: {total} row{'s' if total != 1 else ''}, by reason:"]
+    for g in groups[:limit]:
+        more = ", …" if g["count"] > len(g["ids"]) else ""
+        lines.append(f"  {g['count']:>6} × {g['reason']}")
+        lines.append(f"           ids: {', '.join(map(repr, g['ids']))}{more}")
+        if g["example"] != g["reason"]:
+            lines.append(f"           e.g. {g['example']}")
+    if len(groups) > limit:
+        rest = sum(g["count"] for g in groups[limit:])
+        lines.append(f"  … {len(groups) - limit} more reasons ({rest} rows): see job.json (summary.errors)")
+    return lines
+
+
 def format_summary(summary: dict[str, Any]) -> str:
     """A short human-readable block for the end of a run."""
     run = summary["this_run"]
     counts = ", ".join(f"{k}={v}" for k, v in sorted(summary["status_counts"].items())) or "none"
+    throughput = f"throughput: {run['rows_per_s']:.3f} rows/s, {run['audio_s_per_wall_s']:.3f}× real time"
+    if run.get("wall_s_per_audio_s") is not None:
+        throughput += f" ({run['wall_s_per_audio_s']:.2f} wall-s per audio-s)"
     lines = [
         f"job: {summary['job_dir']}",
         f"rows: {summary['rows']} ({counts}); audio {summary['audio_s']:.1f} s in total",
         f"this run: {run['rows_done']} rows ({run['ok']} ok, {run['error']} error), "
         f"{run['skipped']} already done, {run['wall_s']:.1f} s wall",
-        f"throughput: {run['rows_per_s']:.3f} rows/s, {run['audio_s_per_wall_s']:.3f} audio-s per wall-s "
-        f"(real-time factor {run['realtime_factor']:.3f}; compute/audio {run['rtf']})",
     ]
+    if run["rows_done"]:
+        lines.append(throughput)
     if run.get("time_to_first_row_s") is not None:
         lines.append(f"first finished row after {run['time_to_first_row_s']:.1f} s")
     for name, r in summary.get("replicas", {}).items():
         lines.append(
             f"  {name}: {r['rows_ok']} ok / {r['rows_error']} error in {r['batches']} batches on {r['device']}, "
-            f"busy {100 * r['busy_fraction']:.0f}%, failures {r['failures']}"
+            f"busy {100 * r['busy_fraction']:.0f}%, crashes {r['crashes']}"
         )
+    lines += format_errors(summary.get("errors", []))
     return "\n".join(lines)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+from decimal import Decimal, InvalidOperation
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
@@ -22,6 +23,7 @@ OVERRIDES: dict[str, tuple[bool, float, float]] = {
     "max_seconds": (False, 1e-3, 1e6),
 }
 PROMPT_COLUMNS = ("audio_prompt", "prompt_transcript")
+MISSING_TEXT = "text is missing (null)"
 
 
 @dataclass
@@ -60,40 +62,65 @@ def derive_seed(job_seed: int, row_key: str) -> int:
     return int.from_bytes(digest[:8], "little") & 0x7FFFFFFF
 
 
-def parse_number(name: str, value: Any) -> tuple[Any, Optional[str]]:
-    """(value, problem) for an override cell; None/NaN mean "use the job default"."""
-    integer, lo, hi = OVERRIDES[name]
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return None, None
+FLOAT_EXACT_LIMIT = 2**53  # beyond this a float cannot hold every integer
+
+
+def _as_number(name: str, value: Any) -> tuple[Any, Optional[str]]:
+    """An int, float or Decimal for a cell, exactly as written (strings are parsed as decimals, so
+    "9007199254740993" stays itself); or a problem."""
     if isinstance(value, bool):
         return None, f"{name}={value!r} is not a number"
     if isinstance(value, (bytes, str)):
-        text = value.decode(errors="replace") if isinstance(value, bytes) else value
-        if not text.strip():
-            return None, None
+        text = (value.decode(errors="replace") if isinstance(value, bytes) else value).strip()
         try:
-            value = float(text)
-        except ValueError:
+            number = Decimal(text)
+        except InvalidOperation:
             return None, f"{name}={text!r} is not a number"
+        return (number, None) if number.is_finite() else (None, f"{name}={text!r} is not a finite number")
+    if isinstance(value, (int, Decimal)):
+        return value, None
     try:
         number = float(value)
     except (TypeError, ValueError, OverflowError):
         return None, f"{name}={value!r} is not a number"
-    if not math.isfinite(number):
-        return None, f"{name}={value!r} is not a finite number"
-    if integer:
-        if isinstance(value, int):
-            number_i = value
-        elif number != int(number):
-            return None, f"{name}={value!r} is not an integer"
-        else:
-            number_i = int(number)
-        if not lo <= number_i <= hi:
+    return (number, None) if math.isfinite(number) else (None, f"{name}={value!r} is not a finite number")
+
+
+def parse_number(name: str, value: Any) -> tuple[Any, Optional[str]]:
+    """(value, problem) for an override cell; None/NaN/blank mean "use the job default".
+
+    Integer settings (seed, top_k, max_new_frames) are parsed exactly: a string such as
+    "9223372036854775807" is that integer, "3.5" is an error, and a float column's value beyond 2**53
+    (where floats skip integers) is refused rather than silently rounded.
+    """
+    integer, lo, hi = OVERRIDES[name]
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None, None
+    if isinstance(value, (bytes, str)) and not (value.strip() if isinstance(value, str) else value.strip()):
+        return None, None
+    number, problem = _as_number(name, value)
+    if problem:
+        return None, problem
+    if not integer:
+        number = float(number)
+        if not lo <= number <= hi:
             return None, f"{name}={value!r} is out of range [{lo}, {hi}]"
-        return number_i, None
-    if not lo <= number <= hi:
+        return number, None
+    if isinstance(number, float):
+        if not number.is_integer():
+            return None, f"{name}={value!r} is not an integer"
+        if abs(number) > FLOAT_EXACT_LIMIT:
+            return None, (f"{name}={value!r} is a floating-point number beyond 2**53, where floats cannot hold "
+                          "every integer: store it as an integer (or a string of digits)")
+    elif isinstance(number, Decimal):
+        if number != number.to_integral_value():
+            return None, f"{name}={value!r} is not an integer"
+        if number.adjusted() > 30:  # far out of range; int() of it could be huge
+            return None, f"{name}={value!r} is out of range [{lo}, {hi}]"
+    number_i = int(number)
+    if not lo <= number_i <= hi:
         return None, f"{name}={value!r} is out of range [{lo}, {hi}]"
-    return number, None
+    return number_i, None
 
 
 def _text_cell(name: str, value: Any) -> tuple[Optional[str], Optional[str]]:
@@ -142,7 +169,7 @@ def parse_cells(cells: dict[str, Any], check_script: Callable[[str], list[str]])
     problems += [problem] if problem else []
     if text is None:
         if not any(p.startswith("text") for p in problems):
-            problems.append("text is missing (null)")
+            problems.append(MISSING_TEXT)
     else:
         problems += check_script(f"{transcript.rstrip()} {text.lstrip()}" if transcript else text)
     return ParsedCells(text, values, prompt if prompt and prompt.strip() else None, transcript, problems)

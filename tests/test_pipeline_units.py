@@ -118,6 +118,11 @@ def test_missing_input_and_missing_text_column_fail_with_names(tmp_path):
         ("top_k", 45.0, 45),
         ("seed", 7, 7),
         ("max_new_frames", "", None),
+        # integers given as strings are parsed exactly, not through float()
+        ("seed", "9007199254740993", 9007199254740993),
+        ("seed", "9223372036854775807", 2**63 - 1),  # the documented maximum
+        ("seed", " 42 ", 42),
+        ("top_k", "45.0", 45),
     ],
 )
 def test_parse_number_accepts(name, value, expected):
@@ -135,6 +140,10 @@ def test_parse_number_accepts(name, value, expected):
         ("cfg_scale", float("inf")),
         ("max_new_frames", 0),
         ("cfg_scale", [1, 2]),
+        ("seed", "3.5"),  # a float-looking seed is an error
+        ("seed", "9223372036854775808"),  # one past the maximum
+        ("seed", 2.0**60),  # a float beyond 2**53 cannot say which integer it meant
+        ("seed", "1e999999"),
     ],
 )
 def test_parse_number_rejects(name, value):
@@ -412,3 +421,170 @@ def test_audio_encoding_round_trips_at_44k(fmt):
     wave = (0.1 * np.sin(np.linspace(0, 2000, 44100))).astype(np.float32)
     data, sr = sf.read(io.BytesIO(encode(wave, 44100, fmt)))
     assert sr == 44100 and data.ndim == 1 and abs(len(data) - len(wave)) <= 2048
+
+
+# -- issue 6: fault cases -------------------------------------------------------------------------
+def test_string_seeds_keep_every_digit_in_the_plan(pipeline_cfg, pipeline_parquet):
+    data = pipeline_parquet([{"id": "a", "text": "[S1] a", "seed": "9007199254740993"},
+                             {"id": "b", "text": "[S1] b", "seed": "9007199254740992"},
+                             {"id": "c", "text": "[S1] c", "seed": "3.5"}])
+    rows = {r.id: r for r in build_plan(_cfg(pipeline_cfg, data), 0, validate_script).rows}
+    assert rows["a"].seed == 9007199254740993 and rows["b"].seed == 9007199254740992
+    assert rows["c"].problems == ["seed='3.5' is not an integer"]
+
+
+def _invalid_utf8(values: list[bytes]) -> pa.Array:
+    """A string array holding raw bytes (Parquet files in the wild can carry invalid UTF-8)."""
+    offsets = np.cumsum([0, *(len(v) for v in values)]).astype(np.int32)
+    return pa.Array.from_buffers(pa.string(), len(values), [None, pa.py_buffer(offsets.tobytes()),
+                                                            pa.py_buffer(b"".join(values))])
+
+
+def test_cells_that_cannot_be_decoded_cost_their_row_not_the_job(pipeline_cfg, tmp_path):
+    table = pa.table({
+        "id": _invalid_utf8([b"good", b"badtext", b"bad\xffid", b"badnote", b"badtranscript"]),
+        "text": _invalid_utf8([b"[S1] fine", b"[S1] \xc3\x28", b"[S1] ok", b"[S1] ok", b"[S1] ok"]),
+        "note": _invalid_utf8([b"n", b"n", b"n", b"\xfe", b"n"]),
+        "prompt_transcript": _invalid_utf8([b"", b"", b"", b"", b"[S1] \x80"]),
+    })
+    path = tmp_path / "data" / "bad.parquet"
+    path.parent.mkdir()
+    pq.write_table(table, path)
+    with pytest.raises(UnicodeDecodeError):  # what used to crash the job at plan time
+        pq.read_table(path).column("text").to_pylist()
+    plan = build_plan(_cfg(pipeline_cfg, path), 0, validate_script)
+    rows = plan.rows
+    assert len(rows) == 5 and rows[0].problems == [] and rows[0].text == "[S1] fine"
+    assert rows[1].problems == ["column 'text' is not valid UTF-8 (bad byte at offset 5)"]
+    assert rows[2].id == "bad-000002" and "column 'id' is not valid UTF-8" in rows[2].problems[0]
+    assert rows[3].problems == ["column 'note' is not valid UTF-8 (bad byte at offset 0)"]
+    assert "column 'prompt_transcript' is not valid UTF-8" in rows[4].problems[0]
+    assert plan.carried["bad"].column("note").to_pylist() == ["n", "n", "n", None, "n"]  # stays readable
+
+
+def test_long_ids_with_a_sweep_give_names_that_fit_the_file_system(pipeline_cfg, pipeline_parquet, tmp_path):
+    from pipeline.files import atomic_write_bytes
+
+    long_id = "speaker-" + "x" * 300
+    data = pipeline_parquet([{"id": long_id, "text": "[S1] a"}, {"id": long_id[:-1] + "y", "text": "[S1] b"}])
+    cfg = _cfg(pipeline_cfg, data, "sweep.cfg_scale=[1.5,2.5]", "sweep.temperature=[0.75]",
+               "sweep.top_p=[0.9]", "sweep.top_k=[30]", "sweep.max_new_frames=[40]", "sweep.seed=[123456789]")
+    rows = build_plan(cfg, 0, validate_script).rows
+    names = [Path(r.audio_path).name for r in rows]
+    assert len(set(names)) == 4 and all(len(n.encode()) <= 210 for n in names)
+    for r in rows:  # the temporary name beside it fits too
+        atomic_write_bytes(tmp_path / "job" / r.audio_path, b"x")
+    assert len(list((tmp_path / "job").rglob("*.flac"))) == 4
+
+
+def test_a_run_over_a_subset_keeps_the_other_rows_records(pipeline_cfg, pipeline_parquet, tmp_path):
+    data = pipeline_parquet([{"id": f"r{i}", "text": f"[S1] {i}", "extra": i} for i in range(5)])
+    job = tmp_path / "job"
+    model = {"source": "m", "revision": None}
+    full = build_plan(_cfg(pipeline_cfg, data), 0, validate_script)
+    store = MetadataStore(job, full)
+    for r in full.rows:
+        store.add({**base_record(r, model), "status": STATUS_OK, "audio_path": r.audio_path, "attempts": 0})
+    store.consolidate()
+    subset = build_plan(_cfg(pipeline_cfg, data, "data.limit=2"), 0, validate_script)  # e.g. data.limit=2
+    store = MetadataStore(job, subset)
+    store.add(error_record(subset.rows[1], "redone", model))
+    store.consolidate()
+    table = pq.read_table(job / "metadata" / "scripts.parquet")
+    assert table.column("id").to_pylist() == ["r0", "r1", "r2", "r3", "r4"]  # nothing dropped, input order
+    assert table.column("status").to_pylist() == ["ok", "error", "ok", "ok", "ok"]
+    assert table.column("extra").to_pylist() == [0, 1, 2, 3, 4]
+
+
+def test_unknown_settings_are_errors_even_with_a_plus(pipeline_cfg):
+    with pytest.raises(PipelineError, match=r"generation.cfg_scal \(did you mean generation.cfg_scale\?\)"):
+        to_job_config(pipeline_cfg("+generation.cfg_scal=2"))
+    with pytest.raises(PipelineError, match="unknown setting: foo"):
+        to_job_config(pipeline_cfg("+foo=1"))
+    to_job_config(pipeline_cfg("+cluster.runtime_env.env_vars.X=1"))  # a free-form mapping takes any key
+
+
+def test_missing_input_is_one_line_that_says_what_to_set(pipeline_cfg):
+    with pytest.raises(PipelineError, match=r"^data.input is not set: add data.input=") as e:
+        to_job_config(pipeline_cfg("data=parquet"))
+    assert "\n" not in str(e.value)
+
+
+def test_default_job_folders_are_siblings_with_bounded_names():
+    from pipeline.config import MAX_JOB_DIR_NAME, job_dir_name
+
+    assert job_dir_name("example", "tiny-random", "") == "example-tiny-random"
+    assert job_dir_name("example", "tiny-random", "generation.cfg_scale=2") == \
+        "example-tiny-random__generation.cfg_scale=2"
+    assert "/" not in job_dir_name("d", "m", "voices.a=clips/a.wav")
+    long = job_dir_name("d", "m", ",".join(f"sweep.seed=[{i}]" for i in range(100)))
+    assert len(long.encode()) <= MAX_JOB_DIR_NAME and long != job_dir_name("d", "m", "sweep.seed=[1]")
+
+
+def test_errors_are_grouped_by_reason_with_example_ids():
+    from pipeline.progress import format_errors, group_errors
+
+    groups = group_errors([("a", "audio_prompt file not found: /data/a.wav"), ("b", "text is empty"),
+                           ("c", "audio_prompt file not found: /data/c.wav"),
+                           ("d", "max_new_frames=5000 is too large: at most 3056 after a 0-frame prompt")])
+    assert [(g["reason"], g["count"], g["ids"]) for g in groups] == [
+        ("audio_prompt file not found: <path>", 2, ["a", "c"]), ("text is empty", 1, ["b"]),
+        ("max_new_frames=N is too large: at most N after a N-frame prompt", 1, ["d"])]
+    text = "\n".join(format_errors(groups))
+    assert "errors: 4 rows, by reason:" in text and "e.g. audio_prompt file not found: /data/a.wav" in text
+
+
+def test_summary_of_a_run_that_did_nothing_has_no_none():
+    from pipeline.progress import format_summary
+
+    run = {"rows_done": 0, "ok": 0, "error": 0, "skipped": 20, "wall_s": 3.0, "rows_per_s": 0.0,
+           "audio_s_per_wall_s": 0.0, "wall_s_per_audio_s": None, "time_to_first_row_s": None}
+    text = format_summary({"job_dir": "/j", "rows": 20, "status_counts": {"ok": 20}, "audio_s": 5.0,
+                           "this_run": run, "replicas": {}, "errors": []})
+    assert "None" not in text and "20 already done" in text and "real-time factor" not in text
+
+
+def test_prompt_files_that_are_not_regular_too_large_or_endless_are_refused(tmp_path, monkeypatch):
+    import os
+    import time
+
+    from pipeline.prompts import PromptStore, read_prompt
+
+    fifo = tmp_path / "voice.wav"
+    os.mkfifo(fifo)  # opening it would block forever: it must be refused without opening
+    data, problem = read_prompt(str(fifo))
+    assert data is None and "not a regular file" in problem
+    assert "not a regular file" in read_prompt("/dev/zero")[1]
+    big = tmp_path / "big.wav"
+    sf.write(big, np.zeros(44100, np.float32), 44100)
+    assert "too large" in read_prompt(str(big), max_bytes=1000)[1]
+    assert read_prompt(str(big))[1] is None
+    # a read that never finishes becomes the row's error at the deadline, without blocking the caller:
+    # an S3 endpoint on loopback that accepts connections and never answers
+    import socket
+    import threading
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    silent = socket.create_server(("127.0.0.1", 0))
+    held = []
+
+    def hold_connections() -> None:
+        try:
+            while True:
+                held.append(silent.accept())
+        except OSError:  # closed at the end of the test
+            pass
+
+    threading.Thread(target=hold_connections, daemon=True).start()
+    uri = f"s3://bucket/voice.wav?endpoint_override=127.0.0.1:{silent.getsockname()[1]}&scheme=http"
+    store = PromptStore(timeout_s=0.5)
+    start = time.monotonic()
+    assert store.get(uri) is None  # returns at once; the read runs in its own thread
+    assert time.monotonic() - start < 0.4
+    while (entry := store.get(uri)) is None and time.monotonic() - start < 20:
+        time.sleep(0.05)
+        store.poll()
+    assert entry is not None and entry[0] is None and "took longer than 0.5 s" in entry[1]
+    silent.close()
