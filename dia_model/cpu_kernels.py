@@ -7,13 +7,16 @@ machine's bandwidth.  ``kernels/avx2_linear.cpp`` widens weights to fp32 in regi
 and keeps several FMA chains in flight, so a decode step streams the weights once at
 memory speed.  It is compiled with the system C++ compiler through
 ``torch.utils.cpp_extension`` (cached across runs); without a compiler, on other CPUs,
-or with ``DIA_CPU_KERNELS=0``, plain ``F.linear`` is used.
+or with ``DIA_CPU_KERNELS=0``, plain ``F.linear`` is used, and ``unavailable_reason()``
+says which of these applies.
 """
 
 from __future__ import annotations
 
 import os
 import platform
+import shlex
+import shutil
 import warnings
 from pathlib import Path
 from typing import Callable
@@ -22,6 +25,7 @@ import torch
 
 _SOURCE = Path(__file__).parent / "kernels" / "avx2_linear.cpp"
 _loaded: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+_reason: str | None = None  # why _loaded is None, once tried
 _tried = False
 
 
@@ -42,19 +46,32 @@ def cpu_matmul() -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None:
     return matmul
 
 
+def unavailable_reason() -> str | None:
+    """Why the compiled kernel is not used on this machine, in words; None where it is.
+
+    Builds the kernel on the first call (as :func:`avx2_linear` does), so a failed build reports its error.
+    """
+    avx2_linear()
+    return _reason
+
+
 def avx2_linear() -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None:
-    """The compiled ``y = x @ w.T`` (``w`` contiguous bf16/fp16/fp32), or None where it does not apply."""
-    global _loaded, _tried
+    """The compiled ``y = x @ w.T`` (``w`` contiguous bf16/fp16/fp32), or None where it does not apply
+    (:func:`unavailable_reason` says why)."""
+    global _loaded, _reason, _tried
     if _tried:
         return _loaded
     _tried = True
-    if os.environ.get("DIA_CPU_KERNELS", "1") == "0":
+    _reason = _policy_reason()
+    if _reason is not None:
         return None
-    if platform.machine().lower() not in ("x86_64", "amd64") or torch.backends.cpu.get_cpu_capability() != "AVX2":
-        return None  # AVX-512/AMX parts have fast native paths in oneDNN/MKL
+    # torch runs `ninja` from PATH; the pip package's copy is not there when the venv is not activated
+    ninja_dir, path = _ninja_dir(), os.environ.get("PATH")
     try:
         from torch.utils.cpp_extension import load
 
+        if ninja_dir:
+            os.environ["PATH"] = ninja_dir + os.pathsep + (path or "")
         module = load(
             name="dia_avx2_linear",
             sources=[str(_SOURCE)],
@@ -63,6 +80,88 @@ def avx2_linear() -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None
             verbose=False,
         )
         _loaded = module.avx2_linear
-    except Exception as e:  # no compiler, no ninja, ...: correct but slower
+    except Exception as e:  # no compiler, no ninja, a failed build, ...: correct but slower
+        _reason = _toolchain_reason() or f"building it failed ({_error_summary(e)})"
         warnings.warn(f"dia_model: AVX2 CPU kernel unavailable ({type(e).__name__}: {e}); using torch matmul")
+    finally:
+        if ninja_dir and path is None:
+            os.environ.pop("PATH", None)
+        elif ninja_dir:
+            os.environ["PATH"] = path
     return _loaded
+
+
+def _policy_reason() -> str | None:
+    """Why the kernel does not apply to this machine or setting, before any build (None: it does)."""
+    if os.environ.get("DIA_CPU_KERNELS", "1") == "0":
+        return "turned off with DIA_CPU_KERNELS=0"
+    machine = platform.machine()
+    if machine.lower() not in ("x86_64", "amd64"):
+        return f"not an x86-64 CPU ({machine}); the kernel is AVX2 code"
+    capability = torch.backends.cpu.get_cpu_capability()
+    flags = _cpu_flags()
+    if capability.startswith("AVX512"):
+        # AVX-512/AMX parts have fast native paths in oneDNN/MKL
+        native = sorted(flags & {"avx512_bf16", "amx_bf16"})
+        if native:
+            return (f"the CPU has native bf16 ({', '.join(native)}): PyTorch's oneDNN/MKL matmul is used, "
+                    "not this kernel")
+        return "the CPU has AVX-512 (PyTorch CPU capability AVX512): PyTorch's AVX-512 matmul is used, not this kernel"
+    if capability != "AVX2":
+        missing = [f.upper() for f in ("avx2", "fma") if flags and f not in flags]
+        forced = os.environ.get("ATEN_CPU_CAPABILITY")
+        if forced and not missing:
+            return f"ATEN_CPU_CAPABILITY={forced} sets PyTorch's CPU capability to {capability}, not AVX2"
+        what = " and ".join(missing) if missing else "AVX2 or FMA"
+        return f"the CPU lacks {what} (PyTorch CPU capability {capability})"
+    if flags and "f16c" not in flags:
+        return "the CPU lacks F16C (needed to widen fp16/bf16 weights)"
+    return None
+
+
+def _toolchain_reason() -> str | None:
+    """Why the kernel cannot be built here (None: a compiler and ninja are there); asked after a failed
+    build, since a cached build loads without either."""
+    from torch.utils.cpp_extension import get_cxx_compiler
+
+    cxx = get_cxx_compiler()
+    program = (shlex.split(cxx) or [""])[0]
+    if not program or shutil.which(program) is None:
+        how = "CXX" if os.environ.get("CXX") else "the default compiler"
+        return f"no C++ compiler: {how} {cxx!r} is not on PATH (install g++, or set CXX)"
+    if shutil.which("ninja") is None and _ninja_dir() is None:
+        return "ninja is not installed (pip install ninja)"
+    return None
+
+
+def _ninja_dir() -> str | None:
+    """The folder of the ``ninja`` pip package's program, where there is no ``ninja`` on PATH."""
+    if shutil.which("ninja") is not None:
+        return None
+    try:
+        import ninja
+
+        folder = str(ninja.BIN_DIR)
+    except (ImportError, AttributeError):
+        return None
+    return folder if shutil.which("ninja", path=folder) else None
+
+
+def _cpu_flags() -> set[str]:
+    """The CPU's feature flags from /proc/cpuinfo (Linux); empty where unknown."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.partition(":")[2].split())
+    except OSError:
+        pass
+    return set()
+
+
+def _error_summary(e: Exception) -> str:
+    """A build error in one line: its first line and the compiler's first ``error`` lines."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    picked = lines[:1] + [line for line in lines[1:] if "error" in line.lower()][:2]
+    text = " | ".join(line if len(line) <= 240 else line[:237] + "..." for line in picked)
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__

@@ -6,13 +6,63 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dia_model import Dia
-from dia_model.cpu_kernels import avx2_linear
+from dia_model import Dia, cpu_kernels
+from dia_model.cpu_kernels import avx2_linear, unavailable_reason
 
 kernel = avx2_linear()
-pytestmark = pytest.mark.skipif(kernel is None, reason="no AVX2 CPU or no C++ compiler: torch matmul is used")
+needs_kernel = pytest.mark.skipif(
+    kernel is None, reason=f"the AVX2 CPU kernel is not used here: {unavailable_reason()}; torch matmul is used"
+)
 
 
+def test_a_reason_exactly_when_the_kernel_is_unavailable():
+    reason = unavailable_reason()
+    assert (reason is None) == (kernel is not None), reason
+    assert reason is None or reason.strip()
+
+
+@pytest.mark.parametrize(
+    ("env", "machine", "capability", "flags", "expected"),
+    [
+        ({"DIA_CPU_KERNELS": "0"}, "x86_64", "AVX2", {"avx2", "fma", "f16c"}, "DIA_CPU_KERNELS=0"),
+        ({}, "aarch64", "DEFAULT", set(), "not an x86-64 CPU (aarch64)"),
+        ({}, "x86_64", "AVX512", {"avx2", "fma", "f16c", "avx512f", "avx512_bf16"}, "native bf16 (avx512_bf16)"),
+        ({}, "x86_64", "AVX512", {"avx2", "fma", "f16c", "avx512f"}, "has AVX-512"),
+        ({}, "x86_64", "DEFAULT", {"avx", "f16c"}, "lacks AVX2 and FMA"),
+        ({"ATEN_CPU_CAPABILITY": "default"}, "x86_64", "DEFAULT", {"avx2", "fma", "f16c"},
+         "ATEN_CPU_CAPABILITY=default sets"),
+        ({}, "x86_64", "AVX2", {"avx2", "fma"}, "lacks F16C"),
+        ({}, "x86_64", "AVX2", {"avx2", "fma", "f16c"}, None),
+        ({}, "x86_64", "AVX2", set(), None),  # flags unknown (not Linux): torch's AVX2 check decides
+    ],
+)
+def test_policy_reason_names_the_cause(monkeypatch, env, machine, capability, flags, expected):
+    for name in ("DIA_CPU_KERNELS", "ATEN_CPU_CAPABILITY"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(cpu_kernels.platform, "machine", lambda: machine)
+    monkeypatch.setattr(cpu_kernels.torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    monkeypatch.setattr(cpu_kernels, "_cpu_flags", lambda: set(flags))
+    reason = cpu_kernels._policy_reason()
+    assert reason is None if expected is None else expected in reason, reason
+
+
+def test_toolchain_reason_names_a_missing_compiler(monkeypatch):
+    monkeypatch.setenv("CXX", "no-such-c++-compiler")
+    reason = cpu_kernels._toolchain_reason()
+    assert reason is not None and "no C++ compiler" in reason and "no-such-c++-compiler" in reason
+
+
+def test_build_error_summary_keeps_the_compiler_error():
+    e = RuntimeError("Error building extension 'x': [1/2] c++ -c a.cpp\nFAILED: a.o\n"
+                     "a.cpp:3:1: error: expected ';' before '}' token\nninja: build stopped")
+    summary = cpu_kernels._error_summary(e)
+    assert summary.startswith("RuntimeError: Error building extension") and "expected ';'" in summary
+    assert "\n" not in summary
+
+
+@needs_kernel
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 @pytest.mark.parametrize("rows", [1, 2, 7, 8, 9, 33])
 @pytest.mark.parametrize("features", [64, 203])  # 203: a tail that is not a multiple of 8
@@ -27,6 +77,7 @@ def test_matches_fp32_reference(dtype, rows, features):
     assert kernel(x.to(dtype), w).dtype == dtype
 
 
+@needs_kernel
 @pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
 def test_model_uses_kernel_and_agrees_with_torch(dtype):
     model = Dia.from_pretrained(Path(__file__).parent / "data" / "golden" / "checkpoint-0626", dtype=dtype,
