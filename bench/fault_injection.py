@@ -4,8 +4,8 @@
     python bench/fault_injection.py --rows 40 --replica-kills 4 --driver-kills 1
 
 Phase A runs one job (a real ``python -m pipeline`` process on a local Ray cluster started here)
-and SIGKILLs a random replica process every 0.3-1.5 s once rows are flowing, until the kill
-count is reached. Phase B kills the driver process group twice mid-job, then runs the same
+and SIGKILLs a random working replica process (up for at least 4 s, so past its model load) every
+0.3-1.5 s once rows are flowing, until the kill count is reached. Phase B kills the driver process group twice mid-job, then runs the same
 command to the end (resume). Both report: rows planned, rows with metadata, rows lost, rows
 recorded twice, good rows marked ``error`` (every row here is good), audio files on disk versus
 ok rows, and whether each audio file matches its metadata. Printed as a table and saved as JSON
@@ -30,16 +30,26 @@ from typing import Any, Optional
 REPO = Path(__file__).resolve().parents[1]
 
 
-def replica_pids(marker: bytes = b"ray::Replica") -> list[int]:
-    """PIDs of live replica actor processes on this machine (Ray titles them ``ray::Replica...``)."""
+def _age_s(pid: int) -> float:
+    """Seconds since process ``pid`` started."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    start = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]) / ticks
+    uptime = float(Path("/proc/uptime").read_text().split()[0])
+    return uptime - start
+
+
+def replica_pids(marker: bytes = b"ray::Replica", min_age_s: float = 0.0) -> list[int]:
+    """PIDs of replica actor processes on this machine (Ray titles them ``ray::Replica...``) that have
+    lived at least ``min_age_s`` (a restarted replica first loads its model: killing it then tests
+    restarts, not the rows it holds)."""
     pids = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            if (entry / "cmdline").read_bytes().startswith(marker):
+            if (entry / "cmdline").read_bytes().startswith(marker) and _age_s(int(entry.name)) >= min_age_s:
                 pids.append(int(entry.name))
-        except OSError:
+        except (OSError, ValueError, IndexError):
             continue
     return pids
 
@@ -53,10 +63,13 @@ def write_rows(path: Path, n: int) -> None:
     pq.write_table(pa.Table.from_pylist(rows), path)
 
 
+FRAMES = 40  # max_new_frames of every row (set by --frames): longer rows make a longer job
+
+
 def driver_cmd(data: Path, job: Path, cache: Path, address: str, extra: list[str]) -> list[str]:
     return [sys.executable, "-m", "pipeline", "model=tiny-random", f"model.cache_dir={cache}",
             "data=parquet", f"data.input={data}", f"output.dir={job}", "output.progress=false",
-            f"cluster.address={address}", "generation.max_new_frames=40", *extra]
+            f"cluster.address={address}", f"generation.max_new_frames={FRAMES}", *extra]
 
 
 def check_job(job: Path, rows: int) -> dict[str, Any]:
@@ -86,8 +99,9 @@ def check_job(job: Path, rows: int) -> dict[str, Any]:
 
 
 def replica_kills(data: Path, job: Path, cache: Path, address: str, kills: int, rows: int,
-                  seed: int = 0) -> dict[str, Any]:
-    """Phase A: one job, ``kills`` random replica SIGKILLs while it runs."""
+                  seed: int = 0, min_age_s: float = 4.0) -> dict[str, Any]:
+    """Phase A: one job, ``kills`` random replica SIGKILLs while it runs, each at a replica process
+    that has been up ``min_age_s`` (so it had its model loaded and rows in hand)."""
     rng = random.Random(seed)
     cmd = driver_cmd(data, job, cache, address, ["cluster.replicas=2", "generation.batch_size=4",
                                                  "cluster.unit_rows=8", "output.flush_rows=4"])
@@ -105,7 +119,7 @@ def replica_kills(data: Path, job: Path, cache: Path, address: str, kills: int, 
             time.sleep(0.05)
         while not stop.is_set() and done < kills:
             time.sleep(rng.uniform(0.3, 1.5))
-            pids = replica_pids()
+            pids = replica_pids(min_age_s=min_age_s)
             if pids:
                 try:
                     os.kill(rng.choice(pids), signal.SIGKILL)
@@ -158,7 +172,7 @@ def driver_kills(data: Path, job: Path, cache: Path, address: str, kills: int, r
 
 
 def run(rows: int, replica_kill_count: int, driver_kill_count: int, workdir: Path,
-        cache: Optional[Path] = None, address: Optional[str] = None) -> list[dict[str, Any]]:
+        cache: Optional[Path] = None, address: Optional[str] = None, min_age_s: float = 4.0) -> list[dict[str, Any]]:
     """Both phases in ``workdir``; uses the running Ray at ``address`` or starts a local one."""
     import ray
 
@@ -175,7 +189,8 @@ def run(rows: int, replica_kill_count: int, driver_kill_count: int, workdir: Pat
         ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
         address, started = ray.get_runtime_context().gcs_address, True
     try:
-        results = [replica_kills(data, workdir / "job-a", cache, address, replica_kill_count, rows)]
+        results = [replica_kills(data, workdir / "job-a", cache, address, replica_kill_count, rows,
+                                 min_age_s=min_age_s)]
         if driver_kill_count:
             results.append(driver_kills(data, workdir / "job-b", cache, address, driver_kill_count, rows))
     finally:
@@ -193,7 +208,9 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=200)
     ap.add_argument("--replica-kills", type=int, default=20)
     ap.add_argument("--driver-kills", type=int, default=2)
+    ap.add_argument("--frames", type=int, default=FRAMES, help="max_new_frames of every row")
     args = ap.parse_args()
+    globals()["FRAMES"] = args.frames
     with tempfile.TemporaryDirectory(prefix="fault-injection-") as tmp:
         results = run(args.rows, args.replica_kills, args.driver_kills, Path(tmp))
     print(f"fault injection, model=tiny-random, 2 replicas; CPU: {os.cpu_count()} cores")

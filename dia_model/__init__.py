@@ -3,14 +3,14 @@
 Knows nothing of Ray or Hydra; the pipeline uses only what is exported here.
 """
 
-from .api import Dia, GenerationResult
+from .api import Dia, GenerationResult, Request
 from .audio import AudioError
 from .config import DiaConfig
 from .errors import CheckpointError, DiaError, HubUnavailableError
 from .text import validate_script
 
 __all__ = [
-    "Dia", "GenerationResult", "AudioError", "DiaConfig", "DiaError", "CheckpointError", "HubUnavailableError",
+    "Dia", "GenerationResult", "Request", "AudioError", "DiaConfig", "DiaError", "CheckpointError", "HubUnavailableError",
     "validate_script", "make_tiny_checkpoint",
 ]
 

@@ -6,7 +6,7 @@ import math
 import os
 import secrets
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -27,12 +27,14 @@ MAX_SEED = 2**63 - 1
 class GenerationResult:
     codes: np.ndarray  # int64 [frames, channels]: delay reverted, prompt excluded; what the codec decodes
     ended_by_eos: bool  # False: the row ran into its length limit
-    seed: int  # the seed actually used (drawn at random when none was given)
+    seed: int | None  # the seed actually used (drawn at random when none was given)
     prompt_frames: int
     settings: dict[str, Any] = field(default_factory=dict)
     audio: np.ndarray | None = None  # float32 mono waveform, when decoded
     sample_rate: int = 44100
     frame_rate: float = 44100 / 512
+    id: Any = None  # stream(): the request's id
+    error: str | None = None  # stream(): why this request was not generated (codes are then empty)
 
     @property
     def frames(self) -> int:
@@ -41,6 +43,26 @@ class GenerationResult:
     @property
     def duration_s(self) -> float:
         return self.frames / self.frame_rate
+
+
+@dataclass
+class Request:
+    """One request for :meth:`Dia.stream`; the settings mean what they mean in :meth:`Dia.generate`."""
+
+    id: Any
+    text: str
+    cfg_scale: float = 3.0
+    temperature: float = 1.2
+    top_p: float = 0.95
+    top_k: int = 45
+    max_new_frames: int | None = None
+    seed: int | None = None
+    audio_prompt: Any = None  # codes [frames, 9], an audio file path, or a file's bytes
+    prompt_transcript: str | None = None
+
+
+CPU_SLOTS = 16
+MAX_AUTO_SLOTS = 256
 
 
 def _per_row(name: str, value: Any, n: int) -> list[Any]:
@@ -208,6 +230,21 @@ class Dia:
                 res.audio = wave
         return results
 
+    def stream(self, requests: Iterable[Request], *, slots: int | None = None,
+               decode_audio: bool = True) -> Iterator[GenerationResult]:
+        """Generate ``requests`` with continuous batching, yielding each result as it finishes.
+
+        A fixed number of slots decode side by side; when a request finishes, its slot takes the
+        next one (encoder pass, cross-attention K/V and prompt prefill, several at once) while the
+        others keep decoding. ``requests`` is consumed lazily: a request is pulled only when a slot
+        is free for it. A request that fails the checks comes back at once as a result whose
+        ``error`` says why; the others go on. Each result equals ``generate()`` of its request
+        alone. ``slots=None``: as many as fit in free accelerator memory (at most 256), 16 on a CPU.
+        """
+        from .streaming import stream_requests
+
+        return stream_requests(self, requests, slots=slots, decode_audio=decode_audio)
+
     def encode_audio(self, sources: Sequence[str | os.PathLike | bytes | np.ndarray]) -> list[np.ndarray]:
         """Audio files (paths, or a file's bytes; any rate, mono or stereo) or 44.1 kHz waveforms ->
         prompt codes [frames, 9].
@@ -238,7 +275,7 @@ class Dia:
         for i, p in enumerate(prompts):
             if p is None:
                 continue
-            if isinstance(p, (str, os.PathLike)):
+            if isinstance(p, (str, os.PathLike, bytes, bytearray)):
                 if self.codec is None:
                     problems.append(f"row {i}: an audio-file prompt needs the codec (load_codec=True), or pass codes")
                     continue
@@ -247,7 +284,8 @@ class Dia:
                 try:
                     to_encode.append((i, load_audio(p, self.codec.sample_rate)))
                 except (AudioError, OSError) as e:
-                    problems.append(f"row {i}: audio prompt {os.fspath(p)!r} cannot be used: {e}")
+                    name = f"({len(p)} bytes)" if isinstance(p, (bytes, bytearray)) else repr(os.fspath(p))
+                    problems.append(f"row {i}: audio prompt {name} cannot be used: {e}")
                 continue
             codes = np.asarray(p)
             if codes.ndim != 2 or codes.shape[1] != cfg.channels or not np.issubdtype(codes.dtype, np.integer):

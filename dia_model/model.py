@@ -47,9 +47,9 @@ class Rope(nn.Module):
         self.cos, self.sin = angles.cos(), angles.sin()
 
     def forward(self, x: Tensor, positions: Tensor) -> Tensor:
-        """x: [B, T, heads, head_dim]; positions: [T] (int)."""
-        cos = self.cos[positions][:, None, :]
-        sin = self.sin[positions][:, None, :]
+        """x: [B, T, heads, head_dim]; positions: [T] shared by the rows, or [B, T] per row (int)."""
+        cos = self.cos[positions].unsqueeze(-2)
+        sin = self.sin[positions].unsqueeze(-2)
         a, b = x.float().chunk(2, dim=-1)
         return torch.cat((a * cos - b * sin, b * cos + a * sin), dim=-1).to(x.dtype)
 
@@ -264,6 +264,32 @@ class Decoder(nn.Module):
             x = x + layer.mlp(layer.mlp_norm(x))
         logits = self.head(self.norm(x)).float()
         return logits.view(b, t, c, self.cfg.audio_vocab)
+
+
+    def step(self, frames: Tensor, positions: Tensor, cache: KVCache, cross_kv: list[tuple[Tensor, Tensor]],
+             cross_mask: Tensor, length: int) -> Tensor:
+        """One frame per row, each row at its own timeline position (the slot engine's decode step).
+
+        frames [B, C] codes at ``positions`` [B]; writes each row's keys/values at its position and
+        attends to its own positions 0..position only, reading the first ``length`` cache slots
+        (``length`` > every position). -> logits [B, C, V] fp32.
+        """
+        b = frames.shape[0]
+        rows = torch.arange(b, device=frames.device)
+        pos = positions[:, None]  # [B, 1]: one query per row
+        visible = (torch.arange(length, device=frames.device)[None, :] <= pos)[:, None, None, :]  # [B, 1, 1, S]
+        x = F.embedding(frames[:, None] + self.channel_offsets, self.embedding.weight).sum(dim=2)
+        for i, layer in enumerate(self.layers):
+            q, k, v = layer.self_attn.project(layer.self_attn_norm(x), self.rope, pos)
+            cache.k[i, rows, :, positions] = k[:, :, 0]
+            cache.v[i, rows, :, positions] = v[:, :, 0]
+            y = attend(q, cache.k[i, :, :, :length], cache.v[i, :, :, :length], mask=visible)
+            x = x + layer.self_attn.merge(y)
+            ck, cv = cross_kv[i]
+            x = x + layer.cross_attn(layer.cross_attn_norm(x), ck, cv, cross_mask, self.cross_rope, pos)
+            x = x + layer.mlp(layer.mlp_norm(x))
+        logits = self.head(self.norm(x)).float()
+        return logits.view(b, self.cfg.channels, self.cfg.audio_vocab)
 
 
 class DiaModel(nn.Module):

@@ -134,7 +134,7 @@ def test_random_replica_sigkills_lose_nothing(ray_local, pipeline_cache_dir, tmp
 
     address = ray_local.get_runtime_context().gcs_address
     [result] = fault_injection.run(rows=40, replica_kill_count=3, driver_kill_count=0, workdir=tmp_path,
-                                   cache=pipeline_cache_dir, address=address)
+                                   cache=pipeline_cache_dir, address=address, min_age_s=1.0)
     assert result["kills"] == 3, result
     assert result["exit_code"] == 0 and result["job_status"] == "completed", result
     assert (result["lost"], result["recorded_twice"], result["good_rows_error"], result["audio_mismatch"]) == (

@@ -1,0 +1,202 @@
+"""The continuous-batching decode step: a fixed number of slots, each decoding its own request at
+its own timeline position.
+
+All per-slot state lives in device tensors of a fixed shape (timeline, positions, countdowns,
+sampling settings, self-attention and cross-attention caches), so the step has the same shape
+whatever requests come and go, and a slot is refilled by writing into its rows. The math of one
+step is exactly ``generate.generate_rows``'s, per slot: the delay pattern, the teacher-forced
+prompt head, EOS and the 15-step countdown, CFG with the conditional and unconditional rows
+side by side (rows 2s and 2s+1 belong to slot s). Which request sits in which slot is kept by
+``slots.SlotTable``; this module knows only slot numbers.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .generate import NOT_GENERATED, RowOutput, RowRequest, delayed_prompt, revert_delay
+from .model import DiaModel, KVCache, cache_dtype
+from .sampling import RowSampling, Sampler, row_keys
+from .text import text_batch
+
+LENGTH_BUCKET = 64  # self-attention reads the cache up to the longest live position, rounded up to this
+TEXT_BUCKET = 64  # cross-attention keys are held for the longest live script, rounded up to this
+
+
+def _round_up(n: int, step: int) -> int:
+    return -(-n // step) * step
+
+
+def slot_bytes(model: DiaModel, device: torch.device, text_capacity: int | None = None) -> int:
+    """Device memory one slot holds: self-attention K/V for the whole timeline, cross-attention K/V
+    for ``text_capacity`` bytes of script (default: the longest script), and its timeline."""
+    cfg = model.cfg
+    item = torch.empty((), dtype=cache_dtype(model.decoder.head.weight.dtype, device)).element_size()
+    text = text_capacity or cfg.text_length
+    self_kv = 2 * 2 * cfg.dec_layers * cfg.dec_kv_heads * (cfg.max_frames + 2) * cfg.dec_head_dim * item
+    cross_kv = 2 * 2 * cfg.dec_layers * cfg.cross_heads * text * cfg.cross_head_dim * item
+    return self_kv + cross_kv + (cfg.max_frames + 3) * cfg.channels * 8
+
+
+class SlotState:
+    """Device state of ``n`` slots and the step that advances every live slot by one frame."""
+
+    def __init__(self, model: DiaModel, n: int, device: torch.device):
+        cfg = self.cfg = model.cfg
+        self.model, self.n, self.device = model, n, device
+        self.kv_dtype = cache_dtype(model.decoder.head.weight.dtype, device)
+        self.capacity = cfg.max_frames + 1  # positions a slot can hold (one spare for a finished slot)
+        self.timeline = torch.full((n, self.capacity + 1, cfg.channels), NOT_GENERATED, dtype=torch.long,
+                                   device=device)
+        self.cache = KVCache(cfg.dec_layers, 2 * n, cfg.dec_kv_heads, self.capacity, cfg.dec_head_dim,
+                             self.kv_dtype, device)
+        self.text_capacity = 0
+        self.cross_kv: list[tuple[Tensor, Tensor]] = []
+        self.cross_mask = torch.zeros(2 * n, 1, 1, 0, dtype=torch.bool, device=device)
+        self._grow_text(TEXT_BUCKET)
+        longs = lambda fill: torch.full((n,), fill, dtype=torch.long, device=device)  # noqa: E731
+        self.t = longs(0)  # each slot's input position
+        self.max_tokens = longs(1)
+        self.countdown = longs(-1)  # -1: not triggered; counts down to 0 after EOS or the length limit
+        self.finished_at = longs(-1)
+        self.ended_by_eos = torch.zeros(n, dtype=torch.bool, device=device)
+        self.live = torch.zeros(n, dtype=torch.bool, device=device)
+        self.sampling = RowSampling(
+            cfg_scale=torch.zeros(n, dtype=torch.float32, device=device),
+            temperature=torch.zeros(n, dtype=torch.float32, device=device),
+            top_p=torch.ones(n, dtype=torch.float32, device=device),
+            top_k=longs(1), keys=longs(0),
+        )
+        self.sampler = Sampler(cfg, device)
+        self.slot_index = torch.arange(n, device=device)
+        self.delays = torch.tensor(cfg.delay_pattern, device=device)
+
+    # ------------------------------------------------------------------ admission
+    def _grow_text(self, needed: int) -> None:
+        """Make the cross-attention cache hold ``needed`` script bytes (keeps what it holds)."""
+        cfg = self.cfg
+        size = min(_round_up(needed, TEXT_BUCKET), max(cfg.text_length, needed))
+        if size <= self.text_capacity:
+            return
+        grown = []
+        for i in range(cfg.dec_layers):
+            pair = []
+            for j in range(2):
+                new = torch.zeros(2 * self.n, cfg.cross_heads, size, cfg.cross_head_dim, dtype=self.kv_dtype,
+                                  device=self.device)
+                if self.cross_kv:
+                    new[:, :, : self.text_capacity] = self.cross_kv[i][j]
+                pair.append(new)
+            grown.append((pair[0], pair[1]))
+        mask = torch.zeros(2 * self.n, 1, 1, size, dtype=torch.bool, device=self.device)
+        mask[..., : self.text_capacity] = self.cross_mask
+        mask[..., 0] |= ~mask.any(dim=-1)  # an empty slot attends to one (zero) key: no NaN rows
+        self.cross_kv, self.cross_mask, self.text_capacity = grown, mask, size
+
+    @torch.inference_mode()
+    def admit(self, slots: list[int], requests: list[RowRequest]) -> None:
+        """Start ``requests`` in the (free) ``slots``: encoder pass, cross-attention K/V, timeline head,
+        settings, and the prompt prefill, the admitted requests together."""
+        cfg, dev, model = self.cfg, self.device, self.model
+        ids, real = text_batch([r.script for r in requests], dev)
+        enc_ids = torch.stack((torch.zeros_like(ids), ids), dim=1).flatten(0, 1)
+        enc_real = real.repeat_interleave(2, dim=0)
+        cross = model.decoder.cross_keys_values(model.encoder(enc_ids, enc_real), self.kv_dtype)
+        width = ids.shape[1]
+        self._grow_text(width)
+        index = torch.tensor(slots, dtype=torch.long, device=dev)
+        rows = torch.stack((2 * index, 2 * index + 1), dim=1).flatten()
+        for (k, v), (ck, cv) in zip(cross, self.cross_kv):
+            ck[rows], cv[rows] = 0, 0
+            ck[rows, :, :width], cv[rows, :, :width] = k, v
+        mask = torch.zeros(len(rows), 1, 1, self.text_capacity, dtype=torch.bool, device=dev)
+        mask[..., :width] = enc_real[:, None, None, :]
+        self.cross_mask[rows] = mask
+
+        lengths = [0 if r.prompt is None else len(r.prompt) for r in requests]
+        self.timeline[index] = NOT_GENERATED
+        for s, r in zip(slots, requests):
+            head = delayed_prompt(cfg, r.prompt).to(dev)
+            self.timeline[s, : len(head)] = head
+        as_long = lambda values: torch.tensor(values, dtype=torch.long, device=dev)  # noqa: E731
+        self.t[index] = as_long(lengths)
+        self.max_tokens[index] = as_long([r.max_new_frames + cfg.max_delay + 1 + p for r, p in zip(requests, lengths)])
+        self.countdown[index], self.finished_at[index], self.ended_by_eos[index], self.live[index] = -1, -1, False, True
+        s = self.sampling
+        s.cfg_scale[index] = torch.tensor([r.cfg_scale for r in requests], dtype=torch.float32, device=dev)
+        s.temperature[index] = torch.tensor([r.temperature for r in requests], dtype=torch.float32, device=dev)
+        s.top_p[index] = torch.tensor([r.top_p for r in requests], dtype=torch.float32, device=dev)
+        s.top_k[index] = as_long([r.top_k for r in requests])
+        s.keys[index] = row_keys(as_long([r.seed for r in requests]))
+        self._prefill(slots, lengths)
+
+    def _prefill(self, slots: list[int], lengths: list[int]) -> None:
+        """Teacher-force each prompted slot's timeline [0, L) into its cache, slots of equal L in one pass."""
+        groups: dict[int, list[int]] = defaultdict(list)
+        for s, length in zip(slots, lengths):
+            if length:
+                groups[length].append(s)
+        cfg = self.cfg
+        for length, group in groups.items():
+            index = torch.tensor(group, dtype=torch.long, device=self.device)
+            rows = torch.stack((2 * index, 2 * index + 1), dim=1).flatten()
+            scratch = KVCache(cfg.dec_layers, len(rows), cfg.dec_kv_heads, length, cfg.dec_head_dim,
+                              self.kv_dtype, self.device)
+            cross = [(k[rows], v[rows]) for k, v in self.cross_kv]
+            frames = self.timeline[index, :length].repeat_interleave(2, dim=0)
+            self.model.decoder(frames, 0, scratch, cross, self.cross_mask[rows])
+            self.cache.k[:, rows, :, :length] = scratch.k
+            self.cache.v[:, rows, :, :length] = scratch.v
+
+    # ------------------------------------------------------------------ the step
+    @torch.inference_mode()
+    def step(self, length: int, k_max: int) -> Tensor:
+        """Advance every live slot by one frame; -> bool [n], True for slots that finished in this step.
+
+        ``length`` (> every live position) bounds the self-attention read; ``k_max`` bounds top-k.
+        Free and finished slots ride along at position 0 and change nothing of their own state.
+        """
+        cfg, n, max_delay = self.cfg, self.n, self.cfg.max_delay
+        live, t, slot = self.live, self.t, self.slot_index
+        position = torch.where(live, t, 0)
+        frame = torch.where(live[:, None], self.timeline[slot, position], 0).repeat_interleave(2, dim=0)
+        logits = self.model.decoder.step(frame, position.repeat_interleave(2), self.cache, self.cross_kv,
+                                         self.cross_mask, length)
+        pred = self.sampler(logits.view(n, 2, cfg.channels, cfg.audio_vocab), self.sampling, k_max, position + 1)
+
+        cur = position + 1  # the timeline cell being predicted
+        forced = self.timeline[slot, cur]
+        waiting = live & (self.countdown < 0)
+        # EOS counts only where channel 0 is really generated (not inside the slot's prompt).
+        eos_hit = waiting & (pred[:, 0] == cfg.eos_token) & (forced[:, 0] == NOT_GENERATED)
+        trigger = waiting & (eos_hit | (cur >= self.max_tokens - max_delay))
+        self.countdown = torch.where(trigger, max_delay, self.countdown)
+        self.finished_at = torch.where(trigger, cur, self.finished_at)
+        self.ended_by_eos |= eos_hit
+        # The countdown closes channel c with EOS delta_c steps after the end, PAD after that.
+        closing = live & (self.countdown > 0)
+        since_end = (max_delay - self.countdown)[:, None]
+        pred = torch.where(closing[:, None] & (since_end == self.delays), cfg.eos_token, pred)
+        pred = torch.where(closing[:, None] & (since_end > self.delays), cfg.pad_token, pred)
+        self.countdown = torch.where(closing, self.countdown - 1, self.countdown)
+        written = torch.where(forced == NOT_GENERATED, pred, forced)
+        self.timeline[slot, cur] = torch.where(live[:, None], written, forced)
+        self.t = torch.where(live, cur, t)
+        finished = live & (self.countdown == 0)
+        self.live = live & ~finished
+        return finished
+
+    # ------------------------------------------------------------------ results
+    def output(self, s: int, prompt_frames: int) -> RowOutput:
+        """The finished slot's codes (delay reverted, prompt excluded), read from its timeline."""
+        cfg = self.cfg
+        start = prompt_frames + 1
+        frames = max(int(self.finished_at[s]) - start, 0)
+        row = self.timeline[s, start : start + frames + cfg.max_delay].cpu()
+        codes = revert_delay(cfg, row, frames)
+        codes = torch.where((codes >= 0) & (codes < cfg.eos_token), codes, 0)
+        return RowOutput(codes.numpy().astype(np.int64), bool(self.ended_by_eos[s]))

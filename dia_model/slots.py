@@ -1,0 +1,107 @@
+"""Slot bookkeeping for the continuous-batching engine: which request sits in which slot, how far
+each has got, and which slots are free. Host-side only; the math is in ``engine.py``.
+
+The device tells which slots finished through a bool tensor copied to the host without waiting
+(``non_blocking`` into pinned memory on CUDA) and read one step later, so the steady-state step
+never stalls on a host sync. A finished slot is therefore seen one step late; it has stopped
+changing on the device by then, so nothing is lost but that one step of its seat.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import torch
+
+from .engine import LENGTH_BUCKET, _round_up
+from .generate import RowRequest
+
+
+@dataclass
+class Seat:
+    """A request in a slot."""
+
+    request_id: Any
+    row: RowRequest
+    prompt_frames: int
+    position: int  # the slot's input position as the host reckons it (at most one step ahead of the device)
+    extra: dict[str, Any] = field(default_factory=dict)  # whatever the caller needs back with the result
+
+
+class SlotTable:
+    """Seats of ``n`` slots, plus the finished-slot flags in flight from the device."""
+
+    def __init__(self, n: int, capacity: int, device: torch.device):
+        self.n = n
+        self.capacity = capacity
+        self.seats: list[Optional[Seat]] = [None] * n
+        self._pinned = device.type == "cuda"
+        self._in_flight: list[tuple[torch.Tensor, Any]] = []  # (host copy, event) of a step's flags
+        self.steps = 0
+        self.busy_slot_steps = 0  # for occupancy: sum over steps of the slots holding a request
+
+    # ------------------------------------------------------------------ seats
+    def free(self) -> list[int]:
+        return [s for s, seat in enumerate(self.seats) if seat is None]
+
+    def occupied(self) -> int:
+        return sum(seat is not None for seat in self.seats)
+
+    def seat(self, slot: int, seat: Seat) -> None:
+        assert self.seats[slot] is None, f"slot {slot} is taken"
+        self.seats[slot] = seat
+
+    def release(self, slot: int) -> Seat:
+        seat, self.seats[slot] = self.seats[slot], None
+        assert seat is not None
+        return seat
+
+    # ------------------------------------------------------------------ per-step figures
+    def attention_length(self) -> int:
+        """How much of the cache this step reads: past the furthest live position, in buckets."""
+        furthest = max((s.position for s in self.seats if s is not None), default=0)
+        return min(self.capacity, _round_up(furthest + 2, LENGTH_BUCKET))
+
+    def top_k_bound(self) -> int:
+        return max((s.row.top_k for s in self.seats if s is not None), default=1)
+
+    def advanced(self) -> None:
+        """One step ran: every seated slot moved one position (finished ones stay put on the device)."""
+        self.steps += 1
+        self.busy_slot_steps += self.occupied()
+        for s in self.seats:
+            if s is not None:
+                s.position = min(s.position + 1, self.capacity - 1)
+
+    # ------------------------------------------------------------------ finished flags
+    def post(self, finished: torch.Tensor) -> None:
+        """Start copying a step's finished flags to the host without waiting for them."""
+        if self._pinned:
+            host = torch.empty(finished.shape, dtype=finished.dtype, pin_memory=True)
+            host.copy_(finished, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
+            self._in_flight.append((host, event))
+        else:
+            self._in_flight.append((finished, None))
+
+    def collect(self, wait: bool = False) -> list[int]:
+        """Slots whose finish has reached the host (all posted flags when ``wait``), oldest step first;
+        at most one step is left in flight otherwise."""
+        out: list[int] = []
+        while self._in_flight and (wait or len(self._in_flight) > 1 or self._ready(self._in_flight[0][1])):
+            host, event = self._in_flight.pop(0)
+            if event is not None:
+                event.synchronize()
+            out += [int(i) for i in host.nonzero().flatten().tolist() if self.seats[int(i)] is not None]
+        return out
+
+    @staticmethod
+    def _ready(event: Any) -> bool:
+        return event is None or event.query()
+
+    @property
+    def occupancy(self) -> float:
+        """Mean fraction of slots that held a request, over the steps run."""
+        return self.busy_slot_steps / (self.steps * self.n) if self.steps else 0.0

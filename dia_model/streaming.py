@@ -1,0 +1,164 @@
+"""``Dia.stream``: the loop that pulls requests into free slots, steps the engine, and hands back
+results as they finish, decoding audio on a codec thread beside the decoding.
+
+    checks -> admit (free slots) -> step -> finished slots -> codec thread -> results
+
+The loop owns the order of things; ``slots.SlotTable`` owns who sits where, ``engine.SlotState``
+owns the math.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
+
+import numpy as np
+import torch
+
+from .engine import SlotState, slot_bytes
+from .errors import DiaError
+from .generate import RowRequest
+from .slots import Seat, SlotTable
+
+if TYPE_CHECKING:
+    from .api import Dia, GenerationResult, Request
+
+MEMORY_HEADROOM = 0.85  # share of free memory the slots may take (activations and the codec need the rest)
+
+
+def _free_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as f:
+            info = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in f}
+        return info.get("MemAvailable", info.get("MemFree", 0))
+    except OSError:
+        return 1 << 40  # cannot tell: do not refuse
+
+
+def choose_slots(dia: "Dia", slots: int | None) -> int:
+    """The slot count: as asked (refused with how many would fit), or sized from free memory."""
+    from .api import CPU_SLOTS, MAX_AUTO_SLOTS
+
+    per_slot = slot_bytes(dia.model, dia.device)
+    fit = int(_free_bytes(dia.device) * MEMORY_HEADROOM // per_slot)
+    if slots is None:
+        wanted = MAX_AUTO_SLOTS if dia.device.type == "cuda" else CPU_SLOTS
+        slots = max(1, min(wanted, fit))
+    elif not isinstance(slots, int) or isinstance(slots, bool) or slots < 1:
+        raise DiaError(f"slots must be a positive integer or None, got {slots!r}")
+    if slots > fit:
+        raise DiaError(
+            f"slots={slots} does not fit: each slot holds {per_slot / 2**20:.0f} MiB of cache on {dia.device} "
+            f"and {_free_bytes(dia.device) / 2**30:.1f} GiB is free, so at most {fit} slots fit; "
+            "pass slots=None to size it from free memory"
+        )
+    return slots
+
+
+def check_request(dia: "Dia", req: "Request") -> tuple[RowRequest | None, str | None]:
+    """(RowRequest, None), or (None, the problems) for one request, as generate() checks a row."""
+    problems: list[str] = []
+    prompt = dia._prompt_codes([req.audio_prompt], problems)[0]
+    row = {"cfg_scale": req.cfg_scale, "temperature": req.temperature, "top_p": req.top_p, "top_k": req.top_k,
+           "max_new_frames": req.max_new_frames, "seed": req.seed, "prompt_transcripts": req.prompt_transcript}
+    request = dia._row_request(0, req.text, prompt, row, problems) if not problems else None
+    if problems or request is None:
+        return None, "; ".join(p.removeprefix("row 0: ") for p in problems)
+    return request, None
+
+
+def _result(dia: "Dia", seat: Seat, codes: np.ndarray | None, ended_by_eos: bool) -> "GenerationResult":
+    from .api import GenerationResult
+
+    r = seat.row
+    return GenerationResult(
+        codes=codes, ended_by_eos=ended_by_eos, seed=r.seed, prompt_frames=seat.prompt_frames,
+        settings={"cfg_scale": r.cfg_scale, "temperature": r.temperature, "top_p": r.top_p, "top_k": r.top_k,
+                  "max_new_frames": r.max_new_frames},
+        sample_rate=dia.sample_rate, frame_rate=dia.frame_rate, id=seat.request_id,
+    )
+
+
+def _error_result(dia: "Dia", req: Any, message: str) -> "GenerationResult":
+    from .api import GenerationResult
+
+    return GenerationResult(codes=np.zeros((0, dia.config.channels), dtype=np.int64), ended_by_eos=False,
+                            seed=getattr(req, "seed", None), prompt_frames=0, sample_rate=dia.sample_rate,
+                            frame_rate=dia.frame_rate, id=getattr(req, "id", None), error=message)
+
+
+def stream_requests(dia: "Dia", requests: Iterable["Request"], *, slots: int | None,
+                    decode_audio: bool) -> Iterator["GenerationResult"]:
+    """The generator behind :meth:`Dia.stream` (see there)."""
+    n = choose_slots(dia, slots)
+    state = SlotState(dia.model, n, dia.device)
+    table = SlotTable(n, state.capacity, dia.device)
+    source = iter(requests)
+    exhausted = False
+    codec = ThreadPoolExecutor(1, thread_name_prefix="dia-codec") if decode_audio and dia.codec else None
+    decoding: deque[Future[list["GenerationResult"]]] = deque()
+
+    def decode(results: list["GenerationResult"]) -> list["GenerationResult"]:
+        nonempty = [r for r in results if r.frames]
+        for r, wave in zip(nonempty, dia.decode_audio([r.codes for r in nonempty]) if nonempty else []):
+            r.audio = wave
+        for r in results:
+            if not r.frames:
+                r.audio = np.zeros(0, dtype=np.float32)
+        return results
+
+    def done_decoding(wait: bool) -> Iterator["GenerationResult"]:
+        while decoding and (wait or decoding[0].done()):
+            yield from decoding.popleft().result()
+
+    try:
+        while True:
+            # 1. fill free slots, pulling requests only now
+            admit: list[tuple[int, Any, RowRequest]] = []
+            free = table.free()
+            while len(admit) < len(free) and not exhausted:
+                try:
+                    req = next(source)
+                except StopIteration:
+                    exhausted = True
+                    break
+                try:
+                    row, problem = check_request(dia, req)
+                except Exception as e:  # a request object that is not a Request at all
+                    row, problem = None, f"{type(e).__name__}: {e}"
+                if problem is not None:
+                    yield _error_result(dia, req, problem)
+                    continue
+                admit.append((free[len(admit)], req, row))
+            if admit:
+                state.admit([s for s, _, _ in admit], [row for _, _, row in admit])
+                for s, req, row in admit:
+                    prompt = 0 if row.prompt is None else len(row.prompt)
+                    table.seat(s, Seat(req.id, row, prompt, prompt))
+            if not table.occupied():
+                break
+            # 2. one step for every slot; the finished flags travel to the host meanwhile
+            table.post(state.step(table.attention_length(), table.top_k_bound()))
+            table.advanced()
+            # 3. slots whose finish has reached the host: results out, seats free
+            finished = []
+            for s in table.collect():
+                seat = table.release(s)
+                out = state.output(s, seat.prompt_frames)
+                finished.append(_result(dia, seat, out.codes, out.ended_by_eos))
+            if finished:
+                if codec is not None:
+                    decoding.append(codec.submit(decode, finished))
+                else:
+                    yield from finished
+            yield from done_decoding(wait=False)
+        yield from done_decoding(wait=True)
+    finally:
+        if codec is not None:
+            codec.shutdown(wait=True)
+
+
+__all__ = ["stream_requests", "choose_slots", "check_request"]

@@ -1,0 +1,147 @@
+"""Continuous batching: every streamed row equals generate() of the same request alone, whatever its
+slot, neighbours or admission time; lazy input; error results beside good ones; slot-count errors."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dia_model import Dia, DiaError, Request
+
+GOLDEN = Path(__file__).parent / "data" / "golden"
+A = "[S1] Dia is an open weights text to dialogue model. [S2] You get full control over scripts and voices."
+B = "[S1] Short one. [S2] Yes."
+C = "[S1] Wow. Amazing. (laughs) [S2] Try it now on Git hub or Hugging Face."
+
+
+@pytest.fixture(scope="module")
+def model():
+    return Dia.from_pretrained(GOLDEN / "checkpoint-0626", load_codec=False)
+
+
+@pytest.fixture(scope="module")
+def prompts():
+    data = np.load(GOLDEN / "cases-0626.npz")
+    return data["batch_prompts/prompt_0"], data["batch_prompts/prompt_1"]
+
+
+def _requests(prompts) -> list[Request]:
+    """Ten requests that differ in every setting: greedy and sampled, prompts of two lengths, lengths
+    from 12 to 90 frames (so rows end at different steps and slots are refilled mid-run)."""
+    p20, p7 = prompts
+    specs = [
+        (A, 3.0, 0.0, 0.95, 45, 60, 1, None), (B, 1.5, 1.2, 0.95, 45, 40, 2, None),
+        (C, 4.0, 1.8, 0.80, 20, 50, 3, p20), (A, 2.0, 1.0, 1.00, 60, 30, 4, p7),
+        (B, 3.0, 0.0, 0.95, 10, 70, 5, p7), (C, 3.0, 1.2, 0.90, 45, 45, 6, None),
+        (A, 3.0, 1.2, 0.95, 45, 90, 7, None), (B, 2.5, 0.9, 0.95, 30, 12, 8, p20),
+        (C, 3.0, 1.2, 0.95, 45, 25, 9, None), (A, 3.5, 0.7, 0.99, 45, 55, 10, p7),
+    ]
+    return [Request(id=f"r{i}", text=t, cfg_scale=c, temperature=temp, top_p=p, top_k=k, max_new_frames=m,
+                    seed=s, audio_prompt=pr) for i, (t, c, temp, p, k, m, s, pr) in enumerate(specs)]
+
+
+def _alone(model, req: Request):
+    return model.generate(req.text, cfg_scale=req.cfg_scale, temperature=req.temperature, top_p=req.top_p,
+                          top_k=req.top_k, max_new_frames=req.max_new_frames, seed=req.seed,
+                          audio_prompts=[req.audio_prompt], decode_audio=False)[0]
+
+
+@pytest.mark.parametrize("slots", [1, 3, 16])
+def test_streamed_rows_equal_generate_alone(model, prompts, slots):
+    requests = _requests(prompts)
+    results = list(model.stream(requests, slots=slots, decode_audio=False))
+    assert sorted(r.id for r in results) == sorted(r.id for r in requests)  # each once
+    by_id = {r.id: r for r in results}
+    for req in requests:
+        got, want = by_id[req.id], _alone(model, req)
+        assert got.error is None and got.seed == req.seed
+        assert got.prompt_frames == want.prompt_frames and got.ended_by_eos == want.ended_by_eos
+        np.testing.assert_array_equal(got.codes, want.codes, err_msg=f"{req.id} with {slots} slots")
+
+
+def test_results_come_in_finishing_order_and_slots_are_refilled(model, prompts):
+    requests = _requests(prompts)
+    results = list(model.stream(requests, slots=2, decode_audio=False))
+    # with 2 slots, 10 requests can only all finish if slots were refilled while the other decoded;
+    # the shortest-running first pair member comes back first
+    assert len(results) == 10
+    first_two = {r.id for r in results[:2]}
+    assert first_two & {"r0", "r1", "r3"}
+
+
+def test_input_is_pulled_lazily(model, prompts):
+    requests = _requests(prompts)
+    pulled: list[str] = []
+
+    def producer():
+        for req in requests:
+            pulled.append(req.id)
+            yield req
+
+    stream = model.stream(producer(), slots=2, decode_audio=False)
+    first = next(stream)
+    # the first result needs only the first two requests (and the one refilling the freed slot
+    # after it is handed out at the earliest)
+    assert len(pulled) <= 3 and first.id in pulled
+    rest = list(stream)
+    assert len(pulled) == 10 and len(rest) == 9
+
+
+def test_bad_requests_come_back_as_errors_beside_good_ones(model, prompts):
+    good = _requests(prompts)[:3]
+    bad = [Request(id="tag", text="[S3] Who?"), Request(id="empty", text="   "),
+           Request(id="frames", text=B, max_new_frames=100_000), Request(id="codes", text=B,
+                                                                         audio_prompt=np.full((5, 3), 2))]
+    results = list(model.stream([bad[0], good[0], bad[1], good[1], bad[2], bad[3], good[2]], slots=2,
+                                decode_audio=False))
+    by_id = {r.id: r for r in results}
+    assert sorted(by_id) == sorted([r.id for r in good + bad])
+    assert "unknown speaker tag" in by_id["tag"].error and "empty" in by_id["empty"].error
+    assert "max_new_frames" in by_id["frames"].error and "audio prompt codes" in by_id["codes"].error
+    assert all(by_id[r.id].frames == 0 for r in bad)
+    for req in good:
+        assert by_id[req.id].error is None
+        np.testing.assert_array_equal(by_id[req.id].codes, _alone(model, req).codes)
+
+
+def test_slot_counts_that_do_not_fit_are_refused_with_how_many_would(model):
+    with pytest.raises(DiaError, match=r"slots=10000000 does not fit: .* at most \d+ slots fit"):
+        next(model.stream([Request(id=0, text=B)], slots=10_000_000))
+    with pytest.raises(DiaError, match="positive integer"):
+        next(model.stream([Request(id=0, text=B)], slots=0))
+
+
+def _cases(fmt):
+    return json.loads((GOLDEN / f"cases-{fmt}.json").read_text())["cases"]
+
+
+@pytest.mark.parametrize("name,fmt", [("checkpoint-0626", "0626"), ("checkpoint-v0.1", "v0.1"),
+                                      ("checkpoint-hf", "0626")])
+def test_golden_cases_through_stream(name, fmt):
+    """Every golden case's rows, streamed together with 3 slots: greedy codes equal the reference's,
+    except where the reference sizes a prompt span by a longer neighbour (batch_prompts), where a row
+    equals the reference's code for that request alone (= generate() alone, checked)."""
+    model = Dia.from_pretrained(GOLDEN / name, load_codec=False)
+    data = np.load(GOLDEN / f"cases-{fmt}.npz")
+    requests, expected = [], {}
+    for case in _cases(fmt):
+        n = len(case["texts"])
+        lengths = {len(data[f"{case['name']}/prompt_{i}"]) for i in range(n)} if "prompt_frames" in case else {0}
+        for i in range(n):
+            prompt = data[f"{case['name']}/prompt_{i}"] if "prompt_frames" in case else None
+            req = Request(id=(case["name"], i), text=case["texts"][i], cfg_scale=case["cfg_scale"],
+                          top_k=case["cfg_filter_top_k"], temperature=0.0, top_p=0.95,
+                          max_new_frames=case["max_output_frames"][i] if isinstance(case["max_output_frames"], list)
+                          else case["max_output_frames"], audio_prompt=prompt)
+            requests.append(req)
+            if len(lengths) == 1:
+                expected[req.id] = (data[f"{case['name']}/codes_{i}"], case["ended_by_eos"][i])
+            else:
+                alone = _alone(model, req)
+                expected[req.id] = (alone.codes, alone.ended_by_eos)
+    results = {r.id: r for r in model.stream(requests, slots=3, decode_audio=False)}
+    assert len(results) == len(requests)
+    for key, (codes, eos) in expected.items():
+        assert results[key].error is None and results[key].ended_by_eos == eos, key
+        np.testing.assert_array_equal(results[key].codes, codes, err_msg=str(key))
