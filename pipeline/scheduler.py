@@ -184,6 +184,7 @@ class Scheduler:
             self.queue.give_back(task.unit, [k for k in remaining if k not in hit])
             charged += hit
         self._charge(charged, reason)
+
     # -- dispatch ------------------------------------------------------------------------------
     def _payload(self, unit: Unit) -> Optional[tuple[list[RowSpec], dict[str, Any]]]:
         """The unit's rows and prompt references; None while a prompt file is still being read.

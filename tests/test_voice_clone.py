@@ -80,3 +80,29 @@ def test_encode_audio_gives_reusable_prompt_codes(model, tmp_path):
     np.testing.assert_array_equal(a.codes, b.codes)
     from_bytes = model.encode_audio([Path(path).read_bytes()])[0]  # a file's bytes, no temporary file
     np.testing.assert_array_equal(from_bytes, codes)
+
+
+def test_stream_decodes_audio_and_takes_prompt_files_and_bytes(model, tmp_path):
+    """stream() with the codec: prompt as a path and as a file's bytes, audio decoded on the codec
+    thread equals decode_audio() of the same codes, and codes equal generate() alone."""
+    from dia_model import Request
+
+    voice = _tone(tmp_path / "voice.wav", 0.6, 16000)
+    requests = [
+        Request(id="path", text="[S1] From a file.", audio_prompt=str(voice), prompt_transcript="[S1] Hi.",
+                max_new_frames=15, seed=1),
+        Request(id="bytes", text="[S1] From bytes.", audio_prompt=Path(voice).read_bytes(),
+                prompt_transcript="[S1] Hi.", max_new_frames=25, seed=2),
+        Request(id="plain", text="[S2] No prompt at all.", max_new_frames=10, seed=3),
+        Request(id="broken", text="[S1] Bad prompt.", audio_prompt=b"not audio", seed=4),
+    ]
+    results = {r.id: r for r in model.stream(requests, slots=2)}
+    assert "audio prompt (9 bytes) cannot be used" in results["broken"].error
+    assert results["path"].prompt_frames == results["bytes"].prompt_frames == math.ceil(0.6 * 44100 / 512)
+    for req in requests[:3]:
+        got = results[req.id]
+        want = model.generate(req.text, audio_prompts=[req.audio_prompt], prompt_transcripts=req.prompt_transcript,
+                              max_new_frames=req.max_new_frames, seed=req.seed, decode_audio=False)[0]
+        np.testing.assert_array_equal(got.codes, want.codes)
+        assert got.audio is not None and len(got.audio) == got.frames * 512
+        np.testing.assert_allclose(got.audio, model.decode_audio([got.codes])[0], atol=1e-6)
