@@ -467,8 +467,9 @@ def test_long_ids_with_a_sweep_give_names_that_fit_the_file_system(pipeline_cfg,
 
     long_id = "speaker-" + "x" * 300
     data = pipeline_parquet([{"id": long_id, "text": "[S1] a"}, {"id": long_id[:-1] + "y", "text": "[S1] b"}])
-    cfg = _cfg(pipeline_cfg, data, "sweep.cfg_scale=[1.5,2.5]", "sweep.temperature=[0.75]",
-               "sweep.top_p=[0.9]", "sweep.top_k=[30]", "sweep.max_new_frames=[40]", "sweep.seed=[123456789]")
+    cfg = _cfg(pipeline_cfg, data, "sweep.cfg_scale=[1.2345678901234567,2.5]", "sweep.temperature=[0.7512345678901234]",
+               "sweep.top_p=[0.9123456789012345]", "sweep.top_k=[30]", "sweep.max_new_frames=[40]",
+               "sweep.seed=[1234567890123456789]")
     rows = build_plan(cfg, 0, validate_script).rows
     names = [Path(r.audio_path).name for r in rows]
     assert len(set(names)) == 4 and all(len(n.encode()) <= 210 for n in names)
