@@ -281,8 +281,8 @@ class Decoder(nn.Module):
         x = F.embedding(frames[:, None] + self.channel_offsets, self.embedding.weight).sum(dim=2)
         for i, layer in enumerate(self.layers):
             q, k, v = layer.self_attn.project(layer.self_attn_norm(x), self.rope, pos)
-            cache.k[i, rows, :, positions] = k[:, :, 0]
-            cache.v[i, rows, :, positions] = v[:, :, 0]
+            cache.k[i, rows, :, positions] = k[:, :, 0].to(cache.k.dtype)
+            cache.v[i, rows, :, positions] = v[:, :, 0].to(cache.v.dtype)
             y = attend(q, cache.k[i, :, :, :length], cache.v[i, :, :, :length], mask=visible)
             x = x + layer.self_attn.merge(y)
             ck, cv = cross_kv[i]
