@@ -190,6 +190,22 @@ class SlotState:
         self.live = live & ~finished
         return finished
 
+    def compact(self, keep: list[int], length: int) -> None:
+        """Keep only the slots ``keep`` (renumbered 0..len-1 in that order); ``length`` cache positions
+        are copied. For the tail of a stream on a CPU, where compute grows with rows: once no request
+        is waiting, a freed slot would only cost compute (a captured graph keeps its shape instead)."""
+        index = torch.tensor(keep, dtype=torch.long, device=self.device)
+        rows = torch.stack((2 * index, 2 * index + 1), dim=1).flatten()
+        self.n = len(keep)
+        self.timeline = self.timeline[index]
+        self.cache.keep_rows(rows, min(length, self.capacity))
+        self.cross_kv = [(k[rows], v[rows]) for k, v in self.cross_kv]
+        self.cross_mask = self.cross_mask[rows]
+        for name in ("t", "max_tokens", "countdown", "finished_at", "ended_by_eos", "live"):
+            setattr(self, name, getattr(self, name)[index])
+        self.sampling = self.sampling.select(index)
+        self.slot_index = torch.arange(self.n, device=self.device)
+
     # ------------------------------------------------------------------ results
     def output(self, s: int, prompt_frames: int) -> RowOutput:
         """The finished slot's codes (delay reverted, prompt excluded), read from its timeline."""

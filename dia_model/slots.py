@@ -39,7 +39,8 @@ class SlotTable:
         self._pinned = device.type == "cuda"
         self._in_flight: list[tuple[torch.Tensor, Any]] = []  # (host copy, event) of a step's flags
         self.steps = 0
-        self.busy_slot_steps = 0  # for occupancy: sum over steps of the slots holding a request
+        self.slot_steps = 0  # sum over steps of the slots computed (fewer after a compaction)
+        self.busy_slot_steps = 0  # ... of those holding a request
 
     # ------------------------------------------------------------------ seats
     def free(self) -> list[int]:
@@ -57,6 +58,15 @@ class SlotTable:
         assert seat is not None
         return seat
 
+    def compact(self) -> list[int]:
+        """Drop the free slots (their flags must all have been collected); -> the kept old slot
+        numbers, in their new order."""
+        assert not self._in_flight, "collect the finished flags before compacting"
+        keep = [s for s, seat in enumerate(self.seats) if seat is not None]
+        self.seats = [self.seats[s] for s in keep]
+        self.n = len(keep)
+        return keep
+
     # ------------------------------------------------------------------ per-step figures
     def attention_length(self) -> int:
         """How much of the cache this step reads: past the furthest live position, in buckets."""
@@ -69,6 +79,7 @@ class SlotTable:
     def advanced(self) -> None:
         """One step ran: every seated slot moved one position (finished ones stay put on the device)."""
         self.steps += 1
+        self.slot_steps += self.n
         self.busy_slot_steps += self.occupied()
         for s in self.seats:
             if s is not None:
@@ -103,5 +114,5 @@ class SlotTable:
 
     @property
     def occupancy(self) -> float:
-        """Mean fraction of slots that held a request, over the steps run."""
-        return self.busy_slot_steps / (self.steps * self.n) if self.steps else 0.0
+        """The fraction of computed slot-steps that held a request."""
+        return self.busy_slot_steps / self.slot_steps if self.slot_steps else 0.0

@@ -149,6 +149,8 @@ def stream_requests(dia: "Dia", requests: Iterable["Request"], *, slots: int | N
                 seat = table.release(s)
                 out = state.output(s, seat.prompt_frames)
                 finished.append(_result(dia, seat, out.codes, out.ended_by_eos))
+            if exhausted and finished and dia.device.type == "cpu" and table.occupied():
+                state.compact(table.compact(), table.attention_length())  # the tail: fewer rows per step
             if finished:
                 if codec is not None:
                     decoding.append(codec.submit(decode, finished))
