@@ -51,7 +51,9 @@ def start_ledger() -> Any:
     options: dict[str, Any] = {"num_cpus": 0, "max_restarts": -1, "max_task_retries": -1}
     try:
         node = ray.get_runtime_context().get_node_id()
-        options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node_id=node, soft=True)
+        # hard: a soft affinity was seen to land it on a worker node, which takes the ledger along
+        # when that node leaves (the driver's own node going means the driver is gone anyway)
+        options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node_id=node, soft=False)
     except Exception:  # Ray Client drivers have no node of their own
         pass
     return ray.remote(RowLedger).options(**options).remote()
