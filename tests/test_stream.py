@@ -2,28 +2,13 @@
 slot, neighbours or admission time; lazy input; error results beside good ones; slot-count errors."""
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from dia_model import Dia, DiaError, Request
 
-GOLDEN = Path(__file__).parent / "data" / "golden"
-A = "[S1] Dia is an open weights text to dialogue model. [S2] You get full control over scripts and voices."
-B = "[S1] Short one. [S2] Yes."
-C = "[S1] Wow. Amazing. (laughs) [S2] Try it now on Git hub or Hugging Face."
-
-
-@pytest.fixture(scope="module")
-def model():
-    return Dia.from_pretrained(GOLDEN / "checkpoint-0626", load_codec=False)
-
-
-@pytest.fixture(scope="module")
-def prompts():
-    data = np.load(GOLDEN / "cases-0626.npz")
-    return data["batch_prompts/prompt_0"], data["batch_prompts/prompt_1"]
+from test_generate import A, B, C, GOLDEN, model, prompts  # noqa: F401  (fixtures shared with generate()'s tests)
 
 
 def _requests(prompts) -> list[Request]:
