@@ -38,10 +38,6 @@ class RowLedger:
         by_pid = self._started.pop(replica, {})
         return sorted(by_pid.get(pid, set())) if pid is not None else sorted(set().union(*by_pid.values()))
 
-    def size(self) -> int:
-        """Rows currently recorded (for tests and statistics)."""
-        return sum(len(keys) for by_pid in self._started.values() for keys in by_pid.values())
-
 
 def start_ledger() -> Any:
     """A ledger actor on the driver's node, reserving no CPU."""

@@ -105,11 +105,6 @@ class PromptStore:
         self._running: dict[str, _Read] = {}
         self._waiting: deque[str] = deque()
 
-    @property
-    def busy(self) -> bool:
-        """Whether reads are under way or waiting to start."""
-        return bool(self._running or self._waiting)
-
     def get(self, uri: str) -> Optional[tuple[Any, Optional[str]]]:
         """The prompt's entry, or None while it is being read (the read is started if needed)."""
         if uri in self._cache:
