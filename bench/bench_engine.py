@@ -33,9 +33,9 @@ processes. Two occupancies, for both modes, with useful row-steps = sum over row
   stream() on a CPU drops free slots once no request is waiting (the engine's own
   ``SlotTable.occupancy`` is the same ratio, but counts the step a finish takes to reach the host).
 
-Peak
-memory: RSS high-water mark of the phase on CPU (reset through /proc/self/clear_refs), and
-``torch.cuda.max_memory_allocated`` on CUDA.
+Peak memory: RSS high-water mark of the phase on CPU (reset through /proc/self/clear_refs), and
+``torch.cuda.max_memory_allocated`` on CUDA. On a CPU, the time stream() spends in SlotState's
+admit / step / compact / output is printed too (those methods are wrapped for the call).
 
 Random checkpoints are written once to ``--cache/<shape>`` (the same files bench_model.py writes
 and reuses); the codec is a random DAC built in memory (``--codec tiny``: 0.5 M parameters, the one
