@@ -21,9 +21,8 @@ compared with the static batch's codes for the same request.
 
 Figures: x real time = seconds of audio generated / wall seconds. Steps: a static batch runs
 max(max_new + prompt + 15) - min(prompt) decode steps (15 = the delay countdown) and drops rows as
-they finish; stream's steps and computed slot-steps are read from the engine's ``SlotTable``,
-recorded from outside (this script swaps a recording subclass into ``dia_model.streaming`` for the
-call; nothing in ``dia_model`` is changed). Step ms = wall / steps (includes encoder, prefill and
+they finish; stream's steps, computed slot-steps, CUDA graph captures and codec-thread time come
+from the ``StreamStats`` that ``stream(stats=...)`` fills in. Step ms = wall / steps (includes encoder, prefill and
 host work). cpu s = process CPU time (all threads), less disturbed than wall time by other
 processes. Two occupancies, for both modes, with useful row-steps = sum over rows of (max_new + 15):
 
@@ -205,29 +204,6 @@ class Memory:
 
 
 @contextlib.contextmanager
-def recording_slot_tables() -> Iterator[list[Any]]:
-    """Record the SlotTable(s) ``stream()`` builds, by swapping in a subclass that keeps a reference."""
-    from dia_model import streaming
-
-    tables: list[Any] = []
-    original = getattr(streaming, "SlotTable", None)
-    if original is None:
-        yield tables
-        return
-
-    class Recording(original):  # type: ignore[misc, valid-type]
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            tables.append(self)
-
-    streaming.SlotTable = Recording
-    try:
-        yield tables
-    finally:
-        streaming.SlotTable = original
-
-
-@contextlib.contextmanager
 def stream_breakdown(enabled: bool) -> Iterator[dict[str, float]]:
     """Wall time inside the SlotState methods (host clock; meaningful on CPU only)."""
     names = ("admit", "step", "compact", "output")
@@ -266,21 +242,6 @@ def static_steps(batch: list[Row]) -> int:
     return max(r.max_new_frames + r.prompt_frames + MAX_DELAY for r in batch) - min(r.prompt_frames for r in batch)
 
 
-def simulate_stream_steps(work: list[Row], slots: int, lag: int) -> int:
-    """Steps of the slot engine, had the recording failed: each row holds a slot for max_new + 15 steps
-    (+ ``lag`` steps until the host sees it finish), and the next request takes the freed slot."""
-    import heapq
-
-    free_at = [0] * slots
-    end = 0
-    for r in work:
-        start = heapq.heappop(free_at)
-        done = start + r.max_new_frames + MAX_DELAY
-        end = max(end, done)
-        heapq.heappush(free_at, done + lag)
-    return end
-
-
 def run_static(dia: Any, work: list[Row], slots: int, decode: bool) -> tuple[dict[int, Any], dict[str, Any]]:
     results: dict[int, Any] = {}
     steps = 0
@@ -304,7 +265,7 @@ def run_static(dia: Any, work: list[Row], slots: int, decode: bool) -> tuple[dic
 
 def run_stream(dia: Any, work: list[Row], slots: int, decode: bool,
                breakdown: bool) -> tuple[dict[int, Any], dict[str, Any]]:
-    from dia_model import Request
+    from dia_model import Request, StreamStats
 
     requests = (
         Request(id=r.id, text=r.text, **SAMPLING, max_new_frames=r.max_new_frames, seed=r.seed,
@@ -312,23 +273,21 @@ def run_stream(dia: Any, work: list[Row], slots: int, decode: bool,
         for r in work
     )
     results: dict[int, Any] = {}
-    with recording_slot_tables() as tables, stream_breakdown(breakdown) as parts:
+    stats = StreamStats()
+    with stream_breakdown(breakdown) as parts:
         cpu, t = time.process_time(), time.perf_counter()
-        for res in dia.stream(requests, slots=slots, decode_audio=decode):
+        for res in dia.stream(requests, slots=slots, decode_audio=decode, stats=stats):
             results[res.id] = res
         _sync(dia)
         wall = time.perf_counter() - t
         cpu = time.process_time() - cpu
-    info: dict[str, Any] = {"wall_s": wall, "cpu_s": cpu}
-    if tables and hasattr(tables[-1], "steps"):
-        info["steps"], info["steps_from"] = int(tables[-1].steps), "engine SlotTable"
-        info["engine_occupancy"] = float(getattr(tables[-1], "occupancy", float("nan")))
-        info["computed_row_steps"] = int(getattr(tables[-1], "slot_steps", info["steps"] * slots))
-        info["engine_busy_slot_steps"] = getattr(tables[-1], "busy_slot_steps", None)
-    else:
-        info["steps"] = simulate_stream_steps(work, slots, lag=1 if dia.device.type == "cuda" else 0)
-        info["steps_from"], info["engine_occupancy"] = "simulated", None
-        info["computed_row_steps"] = info["steps"] * slots
+    info: dict[str, Any] = {
+        "wall_s": wall, "cpu_s": cpu, "steps": stats.steps, "engine_occupancy": stats.occupancy,
+        "computed_row_steps": stats.slot_steps, "engine_busy_slot_steps": stats.busy_slot_steps,
+        "admissions": stats.admissions, "compactions": stats.compactions,
+        "graphs_captured": stats.graphs_captured, "graph_fallback": stats.graph_fallback,
+        "codec_s": stats.codec_s, "codec_share": stats.codec_s / wall if wall else 0.0,
+    }
     if breakdown:
         info["breakdown"] = {**parts, "other_s": wall - sum(v for k, v in parts.items() if k.endswith("_s"))}
     return results, info
@@ -536,7 +495,15 @@ def print_report(results: list[dict[str, Any]], args: argparse.Namespace) -> Non
             print(f"  stream slot occupancy (target >= {TARGETS['occupancy']:.0%}): "
                   f"{s['stream_occupancy']:.1%} of {r['slots']} seats x steps ({met(s['stream_occupancy'])}); "
                   f"{s['stream_computed_occupancy']:.1%} of computed slot-steps ({met(s['stream_computed_occupancy'])})"
-                  + (f"; engine SlotTable.occupancy {eng:.1%}" if eng is not None else ""))
+                  + (f"; engine StreamStats.occupancy {eng:.1%}" if eng is not None else ""))
+        for x in r["runs"]:
+            if x["mode"] == "stream":
+                graphs = (f"{x['graphs_captured']} CUDA graphs captured" if x.get("graphs_captured")
+                          else "eager step" + (f" (graph fallback: {x['graph_fallback']})" if x.get("graph_fallback") else ""))
+                codec = f", codec thread busy {x['codec_s']:.1f} s = {x['codec_share']:.0%} of wall" \
+                    if x["output"] != "codes" else ""
+                print(f"  stream {x['output']}: {x['admissions']} admissions, {x['compactions']} compactions, "
+                      f"{graphs}{codec}")
         for x in r["runs"]:
             b = x.get("breakdown")
             if b:

@@ -1,8 +1,11 @@
 """Parity checks that need the accelerator: golden greedy codes on the device in fp32 (generate()
-and stream()), and how far bf16 rows stay from fp32 and from themselves across slots.
+and stream(), which on CUDA runs captured graphs), how far bf16 rows stay from fp32 and from
+themselves across slots, captured graphs against the eager step, and how far a half-precision
+codec's waveform is from fp32's (with its speed-up).
 
     python bench/gpu_parity.py --device cuda --json $OUT/parity.json
     python bench/gpu_parity.py --device cpu            # the same checks on this machine (smoke test)
+    python bench/gpu_parity.py --device cpu --codec    # ... with the codec precision check (90 s)
 
 Prints one line per check and writes everything as JSON. Uses only dia_model and the golden
 tiny checkpoints in tests/data/golden (no pytest, no Ray), so it runs on a bare device image.
@@ -121,12 +124,79 @@ def check_bf16(device: str, rows: int, slots: int) -> dict:
     return out
 
 
+def check_graphs(device: str, rows: int, slots: int) -> dict:
+    """stream() with captured CUDA graphs against the eager step, same fp32 and bf16 requests:
+    the fraction of identical rows (the same kernels run, so 1.0 is expected) and the capture count."""
+    from dia_model import Dia, Request, StreamStats
+
+    if not device.startswith("cuda"):
+        return {"skipped": "CUDA graphs need a CUDA device"}
+    work = sampled_workload(rows, 1)
+    out = {}
+    for dtype in ("float32", "bfloat16"):
+        model = Dia.from_pretrained(GOLDEN / "checkpoint-0626", device=device, dtype=dtype, load_codec=False)
+        stats = StreamStats()
+        runs = {}
+        for graphs in (True, False):
+            t0 = time.perf_counter()
+            runs[graphs] = {r.id: r.codes for r in model.stream([Request(id=i, **w) for i, w in enumerate(work)],
+                                                               slots=slots, decode_audio=False, cuda_graphs=graphs,
+                                                               stats=stats if graphs else None)}
+            out[f"{dtype}_{'graphs' if graphs else 'eager'}_s"] = round(time.perf_counter() - t0, 3)
+        same = sum(np.array_equal(runs[True][i], runs[False][i]) for i in range(rows))
+        out[dtype] = {"identical": same / rows, "captures": stats.graphs_captured, "replays": stats.graph_replays,
+                      "fallback": stats.graph_fallback}
+        print(f"graphs vs eager on {device} {dtype}: identical {same}/{rows}, {stats.graphs_captured} captures, "
+              f"fallback {stats.graph_fallback}")
+    return out
+
+
+def check_codec(device: str, seconds: float = 10.0, batch: int = 8) -> dict:
+    """The full-size DAC (random weights) decoding the same codes in fp32, fp16 and bf16: relative
+    RMS error and peak error against fp32, and decode time per audio-second."""
+    import torch
+
+    from dia_model.codec import DacCodec
+
+    frames = int(seconds * 44100 / 512)
+    rng = np.random.default_rng(0)
+    codes = [rng.integers(0, 1024, size=(frames, 9)) for _ in range(batch)]
+    fp32 = DacCodec.random(tiny=False, device=device)
+    out: dict = {"audio_s": seconds * batch}
+    reference = None
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        # the same seeded random weights, cast (as Dia.from_pretrained(codec_dtype=...) casts real ones)
+        codec = fp32 if dtype == torch.float32 else DacCodec(DacCodec.random(tiny=False, device=device).model.to(dtype))
+        codec.decode(codes[:1])  # warm-up
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        waves = codec.decode(codes)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        took = time.perf_counter() - t0
+        name = str(dtype).replace("torch.", "")
+        entry = {"s_per_audio_s": took / (seconds * batch)}
+        if reference is None:
+            reference = waves
+        else:
+            err = np.concatenate([w - r for w, r in zip(waves, reference)])
+            ref = np.concatenate(reference)
+            entry["rel_rms_error"] = float(np.sqrt(np.mean(err**2)) / np.sqrt(np.mean(ref**2)))
+            entry["max_abs_error"] = float(np.abs(err).max())
+            entry["speedup"] = out["float32"]["s_per_audio_s"] / entry["s_per_audio_s"]
+        out[name] = entry
+        print(f"codec {name} on {device}: {entry}")
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--rows", type=int, default=48)
     ap.add_argument("--slots", type=int, default=16)
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--codec", action="store_true", help="run the codec precision check on a CPU too (slow)")
     args = ap.parse_args()
     start = time.time()
     result = {"device": args.device}
@@ -137,11 +207,15 @@ def main() -> None:
         result["torch"] = torch.__version__
     result["golden_fp32"] = check_golden(args.device)
     result["bf16"] = check_bf16(args.device, args.rows, args.slots)
+    result["graphs"] = check_graphs(args.device, args.rows, args.slots)
+    if args.device.startswith("cuda") or args.codec:  # half-precision convolutions crawl on a CPU (~50x fp32)
+        result["codec"] = check_codec(args.device, seconds=10.0 if args.device.startswith("cuda") else 0.2,
+                                      batch=8 if args.device.startswith("cuda") else 1)
     result["wall_s"] = round(time.time() - start, 1)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2))
-    print(json.dumps({k: v for k, v in result.items() if k not in ("golden_fp32", "bf16")}))
+    print(json.dumps({k: v for k, v in result.items() if k not in ("golden_fp32", "bf16", "graphs", "codec")}))
 
 
 if __name__ == "__main__":

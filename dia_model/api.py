@@ -6,7 +6,7 @@ import math
 import os
 import secrets
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -18,6 +18,9 @@ from .errors import CheckpointError, DiaError
 from .generate import RowRequest, generate_rows
 from .model import DiaModel
 from .text import encode_script, validate_script
+
+if TYPE_CHECKING:
+    from .streaming import StreamStats
 
 DEFAULT_CODEC = "descript/dac_44khz"
 MAX_SEED = 2**63 - 1
@@ -94,6 +97,7 @@ class Dia:
         dtype: str | torch.dtype = "float32",
         load_codec: bool = True,
         codec_source: str | os.PathLike | None = None,
+        codec_dtype: str | torch.dtype = "float32",
         compile: bool = False,
     ) -> "Dia":
         """Load a checkpoint from a local folder/file or a Hub repo id (only needed files are fetched).
@@ -102,6 +106,8 @@ class Dia:
         A folder with a ``codec/`` subfolder (tiny checkpoints) brings its own codec.
         ``compile=True`` compiles the decoder forward with ``torch.compile`` (dynamic
         shapes, so the growing timeline and shrinking batch do not recompile).
+        ``codec_dtype``: the DAC's precision; ``"float16"`` halves its time on a GPU, within the
+        tolerance ``bench/gpu_parity.py`` measures against fp32 (keep fp32 on a CPU: it is slower there).
         """
         dev, torch_dtype = resolve_device(device), resolve_dtype(dtype)
         resolved = checkpoint.resolve(source, revision)
@@ -135,13 +141,14 @@ class Dia:
 
             local = resolved.folder / "codec"
             src = codec_source or (local if (local / "config.json").is_file() else DEFAULT_CODEC)
-            codec = DacCodec.from_pretrained(str(src), device=str(dev))
+            codec = DacCodec.from_pretrained(str(src), device=str(dev), dtype=codec_dtype)
             if codec.num_codebooks != cfg.channels or codec.codebook_size != cfg.eos_token:
                 raise CheckpointError(
                     f"codec {src} has {codec.num_codebooks} codebooks of {codec.codebook_size} codes; this Dia "
                     f"model needs {cfg.channels} of {cfg.eos_token} (the 44.1 kHz DAC, descript/dac_44khz)"
                 )
             info["codec"] = str(src)
+            info["codec_dtype"] = str(codec.dtype).replace("torch.", "")
         return cls(model, dev, info, codec)
 
     # ------------------------------------------------------------------ facts
@@ -230,8 +237,8 @@ class Dia:
                 res.audio = wave
         return results
 
-    def stream(self, requests: Iterable[Request], *, slots: int | None = None,
-               decode_audio: bool = True) -> Iterator[GenerationResult]:
+    def stream(self, requests: Iterable[Request], *, slots: int | None = None, decode_audio: bool = True,
+               cuda_graphs: bool | None = None, stats: "StreamStats | None" = None) -> Iterator[GenerationResult]:
         """Generate ``requests`` with continuous batching, yielding each result as it finishes.
 
         A fixed number of slots decode side by side; when a request finishes, its slot takes the
@@ -240,10 +247,15 @@ class Dia:
         is free for it. A request that fails the checks comes back at once as a result whose
         ``error`` says why; the others go on. Each result equals ``generate()`` of its request
         alone. ``slots=None``: as many as fit in free accelerator memory (at most 256), 16 on a CPU.
+
+        On CUDA the decode step runs as captured CUDA graphs (``cuda_graphs=False``: eagerly) and
+        the codec decodes on its own stream beside it. Pass a ``StreamStats`` as ``stats`` to read
+        what the call did (steps, slot occupancy, graphs, codec time) while and after it runs.
         """
         from .streaming import stream_requests
 
-        return stream_requests(self, requests, slots=slots, decode_audio=decode_audio)
+        return stream_requests(self, requests, slots=slots, decode_audio=decode_audio, cuda_graphs=cuda_graphs,
+                               stats=stats)
 
     def encode_audio(self, sources: Sequence[str | os.PathLike | bytes | np.ndarray]) -> list[np.ndarray]:
         """Audio files (paths, or a file's bytes; any rate, mono or stereo) or 44.1 kHz waveforms ->

@@ -31,6 +31,13 @@ def _round_up(n: int, step: int) -> int:
     return -(-n // step) * step
 
 
+def _paired(x: Tensor) -> Tensor:
+    """Each slot's entry twice (its unconditional and conditional rows): [n, ...] -> [2n, ...].
+
+    An expand, not ``repeat_interleave``, so the step stays free of size computations."""
+    return x[:, None].expand(x.shape[0], 2, *x.shape[1:]).reshape(2 * x.shape[0], *x.shape[1:])
+
+
 def slot_bytes(model: DiaModel, device: torch.device, text_capacity: int | None = None) -> int:
     """Device memory one slot holds: self-attention K/V for the whole timeline, cross-attention K/V
     for ``text_capacity`` bytes of script (default: the longest script), and its timeline."""
@@ -55,6 +62,7 @@ class SlotState:
         self.cache = KVCache(cfg.dec_layers, 2 * n, cfg.dec_kv_heads, self.capacity, cfg.dec_head_dim,
                              self.kv_dtype, device)
         self.text_capacity = 0
+        self.layout = 0  # bumped whenever a state tensor is reallocated (captured graphs then go stale)
         self.cross_kv: list[tuple[Tensor, Tensor]] = []
         self.cross_mask = torch.zeros(2 * n, 1, 1, 0, dtype=torch.bool, device=device)
         self._grow_text(TEXT_BUCKET)
@@ -96,6 +104,7 @@ class SlotState:
         mask[..., : self.text_capacity] = self.cross_mask
         mask[..., 0] |= ~mask.any(dim=-1)  # an empty slot attends to one (zero) key: no NaN rows
         self.cross_kv, self.cross_mask, self.text_capacity = grown, mask, size
+        self.layout += 1
 
     @torch.inference_mode()
     def admit(self, slots: list[int], requests: list[RowRequest]) -> None:
@@ -104,7 +113,7 @@ class SlotState:
         cfg, dev, model = self.cfg, self.device, self.model
         ids, real = text_batch([r.script for r in requests], dev)
         enc_ids = torch.stack((torch.zeros_like(ids), ids), dim=1).flatten(0, 1)
-        enc_real = real.repeat_interleave(2, dim=0)
+        enc_real = _paired(real)
         cross = model.decoder.cross_keys_values(model.encoder(enc_ids, enc_real), self.kv_dtype)
         width = ids.shape[1]
         self._grow_text(width)
@@ -147,7 +156,7 @@ class SlotState:
             scratch = KVCache(cfg.dec_layers, len(rows), cfg.dec_kv_heads, length, cfg.dec_head_dim,
                               self.kv_dtype, self.device)
             cross = [(k[rows], v[rows]) for k, v in self.cross_kv]
-            frames = self.timeline[index, :length].repeat_interleave(2, dim=0)
+            frames = _paired(self.timeline[index, :length])
             self.model.decoder(frames, 0, scratch, cross, self.cross_mask[rows])
             self.cache.k[:, rows, :, :length] = scratch.k
             self.cache.v[:, rows, :, :length] = scratch.v
@@ -159,13 +168,15 @@ class SlotState:
 
         ``length`` (> every live position) bounds the self-attention read; ``k_max`` bounds top-k.
         Free and finished slots ride along at position 0 and change nothing of their own state.
+        Every piece of state is updated in place and nothing asks the host a question, so the step
+        can be captured once as a CUDA graph and replayed (``graphs.GraphedStep``).
         """
         cfg, n, max_delay = self.cfg, self.n, self.cfg.max_delay
         live, t, slot = self.live, self.t, self.slot_index
         position = torch.where(live, t, 0)
-        frame = torch.where(live[:, None], self.timeline[slot, position], 0).repeat_interleave(2, dim=0)
-        logits = self.model.decoder.step(frame, position.repeat_interleave(2), self.cache, self.cross_kv,
-                                         self.cross_mask, length)
+        frame = _paired(torch.where(live[:, None], self.timeline[slot, position], 0))
+        logits = self.model.decoder.step(frame, _paired(position), self.cache, self.cross_kv, self.cross_mask,
+                                         length)
         pred = self.sampler(logits.view(n, 2, cfg.channels, cfg.audio_vocab), self.sampling, k_max, position + 1)
 
         cur = position + 1  # the timeline cell being predicted
@@ -174,20 +185,21 @@ class SlotState:
         # EOS counts only where channel 0 is really generated (not inside the slot's prompt).
         eos_hit = waiting & (pred[:, 0] == cfg.eos_token) & (forced[:, 0] == NOT_GENERATED)
         trigger = waiting & (eos_hit | (cur >= self.max_tokens - max_delay))
-        self.countdown = torch.where(trigger, max_delay, self.countdown)
-        self.finished_at = torch.where(trigger, cur, self.finished_at)
-        self.ended_by_eos |= eos_hit
+        countdown = torch.where(trigger, max_delay, self.countdown)
+        self.finished_at.copy_(torch.where(trigger, cur, self.finished_at))
+        self.ended_by_eos.logical_or_(eos_hit)
         # The countdown closes channel c with EOS delta_c steps after the end, PAD after that.
-        closing = live & (self.countdown > 0)
-        since_end = (max_delay - self.countdown)[:, None]
+        closing = live & (countdown > 0)
+        since_end = (max_delay - countdown)[:, None]
         pred = torch.where(closing[:, None] & (since_end == self.delays), cfg.eos_token, pred)
         pred = torch.where(closing[:, None] & (since_end > self.delays), cfg.pad_token, pred)
-        self.countdown = torch.where(closing, self.countdown - 1, self.countdown)
+        countdown = torch.where(closing, countdown - 1, countdown)
         written = torch.where(forced == NOT_GENERATED, pred, forced)
         self.timeline[slot, cur] = torch.where(live[:, None], written, forced)
-        self.t = torch.where(live, cur, t)
-        finished = live & (self.countdown == 0)
-        self.live = live & ~finished
+        self.t.copy_(torch.where(live, cur, t))
+        self.countdown.copy_(countdown)
+        finished = live & (countdown == 0)
+        self.live.logical_and_(~finished)
         return finished
 
     def compact(self, keep: list[int], length: int) -> None:
@@ -205,6 +217,7 @@ class SlotState:
             setattr(self, name, getattr(self, name)[index])
         self.sampling = self.sampling.select(index)
         self.slot_index = torch.arange(self.n, device=self.device)
+        self.layout += 1
 
     # ------------------------------------------------------------------ results
     def output(self, s: int, prompt_frames: int) -> RowOutput:

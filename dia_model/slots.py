@@ -32,9 +32,10 @@ class Seat:
 class SlotTable:
     """Seats of ``n`` slots, plus the finished-slot flags in flight from the device."""
 
-    def __init__(self, n: int, capacity: int, device: torch.device):
+    def __init__(self, n: int, capacity: int, device: torch.device, length_bucket: int | None = None):
         self.n = n
         self.capacity = capacity
+        self.length_bucket = length_bucket or LENGTH_BUCKET
         self.seats: list[Optional[Seat]] = [None] * n
         self._pinned = device.type == "cuda"
         self._in_flight: list[tuple[torch.Tensor, Any]] = []  # (host copy, event) of a step's flags
@@ -71,7 +72,7 @@ class SlotTable:
     def attention_length(self) -> int:
         """How much of the cache this step reads: past the furthest live position, in buckets."""
         furthest = max((s.position for s in self.seats if s is not None), default=0)
-        return min(self.capacity, _round_up(furthest + 2, LENGTH_BUCKET))
+        return min(self.capacity, _round_up(furthest + 2, self.length_bucket))
 
     def top_k_bound(self) -> int:
         return max((s.row.top_k for s in self.seats if s is not None), default=1)

@@ -9,9 +9,12 @@ owns the math.
 
 from __future__ import annotations
 
+import contextlib
+import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any, Iterable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -25,6 +28,32 @@ if TYPE_CHECKING:
     from .api import Dia, GenerationResult, Request
 
 MEMORY_HEADROOM = 0.85  # share of free memory the slots may take (activations and the codec need the rest)
+CUDA_LENGTH_BUCKET = 256  # on CUDA the attention length comes in fewer, coarser buckets: one graph each
+CUDA_TOP_K_BUCKET = 64  # ... and the top-k bound is rounded up to a power of two from this
+
+
+@dataclass
+class StreamStats:
+    """What one :meth:`Dia.stream` call did, filled in as it runs (pass one in to read it).
+
+    ``occupancy`` = busy_slot_steps / slot_steps: the share of computed slot-steps that held a
+    request (a finish is seen one step late, so a full engine stays just under 1)."""
+
+    slots: int = 0
+    steps: int = 0
+    slot_steps: int = 0
+    busy_slot_steps: int = 0
+    admissions: int = 0  # admit() calls (each prefills several requests together)
+    compactions: int = 0
+    graphs_captured: int = 0  # CUDA graphs of the decode step
+    graph_replays: int = 0
+    graph_fallback: str | None = None  # why the eager step took over, if it did
+    codec_s: float = 0.0  # wall time the codec thread spent decoding
+    codec_rows: int = 0
+
+    @property
+    def occupancy(self) -> float:
+        return self.busy_slot_steps / self.slot_steps if self.slot_steps else 0.0
 
 
 def _free_bytes(device: torch.device) -> int:
@@ -90,24 +119,58 @@ def _error_result(dia: "Dia", req: Any, message: str) -> "GenerationResult":
                             frame_rate=dia.frame_rate, id=getattr(req, "id", None), error=message)
 
 
-def stream_requests(dia: "Dia", requests: Iterable["Request"], *, slots: int | None,
-                    decode_audio: bool) -> Iterator["GenerationResult"]:
+def _step_function(state: SlotState, cuda_graphs: bool | None) -> tuple[Callable[[int, int], torch.Tensor], Any]:
+    """The step to call each iteration: captured graphs on CUDA (unless ``cuda_graphs=False``), else eager."""
+    if state.device.type == "cuda" and cuda_graphs is not False:
+        from .graphs import GraphedStep
+
+        graphed = GraphedStep(state)
+        return graphed, graphed
+    if cuda_graphs:
+        raise DiaError(f"cuda_graphs=True needs a CUDA device; this model is on {state.device}")
+    return state.step, None
+
+
+def _k_bound(k: int, device: torch.device, vocab: int) -> int:
+    """The top-k bound a step is run with: as is on a CPU, a power of two (>= 64) on CUDA, so a sweep
+    of top-k values needs few captured graphs (a larger bound gives the same draws)."""
+    if device.type != "cuda":
+        return k
+    bound = CUDA_TOP_K_BUCKET
+    while bound < k:
+        bound *= 2
+    return min(bound, vocab)
+
+
+def stream_requests(dia: "Dia", requests: Iterable["Request"], *, slots: int | None, decode_audio: bool,
+                    cuda_graphs: bool | None = None, stats: StreamStats | None = None) -> Iterator["GenerationResult"]:
     """The generator behind :meth:`Dia.stream` (see there)."""
     n = choose_slots(dia, slots)
+    stats = stats if stats is not None else StreamStats()
+    stats.slots = n
     state = SlotState(dia.model, n, dia.device)
-    table = SlotTable(n, state.capacity, dia.device)
+    cuda = dia.device.type == "cuda"
+    table = SlotTable(n, state.capacity, dia.device, length_bucket=CUDA_LENGTH_BUCKET if cuda else None)
+    step, graphed = _step_function(state, cuda_graphs)
     source = iter(requests)
     exhausted = False
     codec = ThreadPoolExecutor(1, thread_name_prefix="dia-codec") if decode_audio and dia.codec else None
+    # On CUDA the codec runs on its own stream, so its kernels overlap the decode steps'.
+    codec_stream = torch.cuda.Stream(dia.device) if codec is not None and cuda else None
     decoding: deque[Future[list["GenerationResult"]]] = deque()
 
     def decode(results: list["GenerationResult"]) -> list["GenerationResult"]:
+        started = time.perf_counter()
         nonempty = [r for r in results if r.frames]
-        for r, wave in zip(nonempty, dia.decode_audio([r.codes for r in nonempty]) if nonempty else []):
+        with torch.cuda.stream(codec_stream) if codec_stream is not None else contextlib.nullcontext():
+            waves = dia.decode_audio([r.codes for r in nonempty]) if nonempty else []
+        for r, wave in zip(nonempty, waves):
             r.audio = wave
         for r in results:
             if not r.frames:
                 r.audio = np.zeros(0, dtype=np.float32)
+        stats.codec_s += time.perf_counter() - started
+        stats.codec_rows += len(results)
         return results
 
     def done_decoding(wait: bool) -> Iterator["GenerationResult"]:
@@ -134,6 +197,7 @@ def stream_requests(dia: "Dia", requests: Iterable["Request"], *, slots: int | N
                     continue
                 admit.append((free[len(admit)], req, row))
             if admit:
+                stats.admissions += 1
                 state.admit([s for s, _, _ in admit], [row for _, _, row in admit])
                 for s, req, row in admit:
                     prompt = 0 if row.prompt is None else len(row.prompt)
@@ -141,16 +205,19 @@ def stream_requests(dia: "Dia", requests: Iterable["Request"], *, slots: int | N
             if not table.occupied():
                 break
             # 2. one step for every slot; the finished flags travel to the host meanwhile
-            table.post(state.step(table.attention_length(), table.top_k_bound()))
+            table.post(step(table.attention_length(), _k_bound(table.top_k_bound(), dia.device,
+                                                                 dia.config.audio_vocab)))
             table.advanced()
+            stats.steps, stats.slot_steps, stats.busy_slot_steps = table.steps, table.slot_steps, table.busy_slot_steps
             # 3. slots whose finish has reached the host: results out, seats free
             finished = []
             for s in table.collect():
                 seat = table.release(s)
                 out = state.output(s, seat.prompt_frames)
                 finished.append(_result(dia, seat, out.codes, out.ended_by_eos))
-            if exhausted and finished and dia.device.type == "cpu" and table.occupied():
+            if exhausted and dia.device.type == "cpu" and 0 < table.occupied() < table.n:
                 state.compact(table.compact(), table.attention_length())  # the tail: fewer rows per step
+                stats.compactions += 1
             if finished:
                 if codec is not None:
                     decoding.append(codec.submit(decode, finished))
@@ -159,8 +226,11 @@ def stream_requests(dia: "Dia", requests: Iterable["Request"], *, slots: int | N
             yield from done_decoding(wait=False)
         yield from done_decoding(wait=True)
     finally:
+        if graphed is not None:
+            stats.graphs_captured, stats.graph_replays, stats.graph_fallback = (
+                graphed.captures, graphed.replays, graphed.fallback)
         if codec is not None:
             codec.shutdown(wait=True)
 
 
-__all__ = ["stream_requests", "choose_slots", "check_request"]
+__all__ = ["stream_requests", "choose_slots", "check_request", "StreamStats"]

@@ -130,3 +130,41 @@ def test_golden_cases_through_stream(name, fmt):
     for key, (codes, eos) in expected.items():
         assert results[key].error is None and results[key].ended_by_eos == eos, key
         np.testing.assert_array_equal(results[key].codes, codes, err_msg=str(key))
+
+
+def test_the_step_keeps_every_state_tensor_in_place(model, prompts):
+    """What a captured CUDA graph relies on: admissions and steps write into the same storage (only a
+    longer script's cross-attention cache reallocates, and says so through ``layout``)."""
+    from dia_model.engine import SlotState
+    from dia_model.streaming import check_request
+
+    state = SlotState(model.model, 3, model.device)
+    reqs = [check_request(model, Request(id=i, text=text, seed=i, max_new_frames=20, audio_prompt=p))[0]
+            for i, (text, p) in enumerate([(A, None), (B, prompts[1]), (C, None)])]
+    state.admit([0, 1], reqs[:2])
+    tensors = lambda: [state.timeline, state.t, state.countdown, state.finished_at, state.ended_by_eos,  # noqa: E731
+                       state.live, state.max_tokens, state.cache.k, state.cache.v, state.cross_mask,
+                       *state.sampling.__dict__.values(), *[x for kv in state.cross_kv for x in kv]]
+    before, layout = [x.data_ptr() for x in tensors()], state.layout
+    positions = []
+    for i in range(30):
+        if i == 5:
+            state.admit([2], reqs[2:])  # admission while the others run
+        state.step(64, 45)
+        positions.append(state.t.tolist())
+    assert [x.data_ptr() for x in tensors()] == before and state.layout == layout
+    assert positions[-1][0] == 30 and positions[-1][1] == 30 + len(prompts[1])  # the state really moved
+
+
+def test_stream_stats_report_what_the_call_did(model, prompts):
+    from dia_model import StreamStats
+
+    stats = StreamStats()
+    results = list(model.stream(_requests(prompts), slots=4, decode_audio=False, stats=stats))
+    assert len(results) == 10 and stats.slots == 4 and stats.steps > 0 and stats.admissions >= 3
+    assert 0.5 < stats.occupancy <= 1.0 and stats.busy_slot_steps <= stats.slot_steps
+    useful = sum(r.frames + 15 for r in results)  # a slot steps through its frames and the countdown (prompts are prefilled)
+    assert stats.busy_slot_steps >= useful
+    assert stats.graphs_captured == 0 and stats.graph_fallback is None  # CPU: the eager step
+    with pytest.raises(DiaError, match="cuda_graphs=True needs a CUDA device"):
+        next(model.stream([Request(id=0, text=B)], slots=1, cuda_graphs=True))

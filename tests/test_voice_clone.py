@@ -85,7 +85,7 @@ def test_encode_audio_gives_reusable_prompt_codes(model, tmp_path):
 def test_stream_decodes_audio_and_takes_prompt_files_and_bytes(model, tmp_path):
     """stream() with the codec: prompt as a path and as a file's bytes, audio decoded on the codec
     thread equals decode_audio() of the same codes, and codes equal generate() alone."""
-    from dia_model import Request
+    from dia_model import Request, StreamStats
 
     voice = _tone(tmp_path / "voice.wav", 0.6, 16000)
     requests = [
@@ -96,7 +96,9 @@ def test_stream_decodes_audio_and_takes_prompt_files_and_bytes(model, tmp_path):
         Request(id="plain", text="[S2] No prompt at all.", max_new_frames=10, seed=3),
         Request(id="broken", text="[S1] Bad prompt.", audio_prompt=b"not audio", seed=4),
     ]
-    results = {r.id: r for r in model.stream(requests, slots=2)}
+    stats = StreamStats()
+    results = {r.id: r for r in model.stream(requests, slots=2, stats=stats)}
+    assert stats.codec_rows == 3 and stats.codec_s > 0  # the codec thread's share of the time is measured
     assert "audio prompt (9 bytes) cannot be used" in results["broken"].error
     assert results["path"].prompt_frames == results["bytes"].prompt_frames == math.ceil(0.6 * 44100 / 512)
     for req in requests[:3]:
@@ -106,3 +108,16 @@ def test_stream_decodes_audio_and_takes_prompt_files_and_bytes(model, tmp_path):
         np.testing.assert_array_equal(got.codes, want.codes)
         assert got.audio is not None and len(got.audio) == got.frames * 512
         np.testing.assert_allclose(got.audio, model.decode_audio([got.codes])[0], atol=1e-6)
+
+
+def test_a_half_precision_codec_stays_close_to_fp32(model, tmp_path):
+    """codec_dtype: the same codes through a bf16 DAC give the fp32 waveform within a few percent
+    (random tiny weights here; bench/gpu_parity.py measures the real architecture on a GPU)."""
+    folder = Path(model.info["source"])
+    half = Dia.from_pretrained(folder, codec_dtype="bfloat16")
+    assert half.info["codec_dtype"] == "bfloat16" and model.info["codec_dtype"] == "float32"
+    codes = model.generate("[S1] Half precision.", max_new_frames=40, seed=5, decode_audio=False)[0].codes
+    full, low = model.decode_audio([codes])[0], half.decode_audio([codes])[0]
+    assert low.dtype == np.float32 and low.shape == full.shape
+    rel = np.sqrt(np.mean((low - full) ** 2)) / np.sqrt(np.mean(full**2))
+    assert 0 < rel < 0.05, rel
