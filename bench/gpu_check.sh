@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU check for dia_model, one prepared script for a bare H100/H200 (no Ray: its wheel is too big
 # to carry). Results land as JSON (and a log) under $OUT:
-#   1. parity.json: golden greedy codes on CUDA in fp32 (generate() and stream()), and bf16 invariance
+#   1. parity.json: golden greedy codes on CUDA in fp32 (generate() and stream()), bf16 invariance,
+#      captured graphs against the eager step, and the codec in fp16/bf16 against fp32
 #      (fraction of rows identical between stream() and generate() alone; bf16 against fp32);
 #   2. engine-<slots>.json: bench_engine.py on the 1.6B shape, random weights, bf16, static batches vs
 #      stream(), codes only and end to end with the codec, at 4 slot counts up to what fits.
@@ -32,7 +33,7 @@ fi
 } 2>&1 | tee "$OUT/log.txt"
 
 status=0
-timeout 200 python3 bench/gpu_parity.py --device "$DEVICE" --json "$OUT/parity.json" 2>&1 | tee -a "$OUT/log.txt" \
+timeout 240 python3 bench/gpu_parity.py --device "$DEVICE" --json "$OUT/parity.json" 2>&1 | tee -a "$OUT/log.txt" \
   || { echo "parity check failed" | tee -a "$OUT/log.txt"; status=1; }
 for n in $SLOTS; do
   # each slot count in its own process: a count that does not fit is refused there, the others go on
