@@ -248,6 +248,10 @@ class Dia:
         ``error`` says why; the others go on. Each result equals ``generate()`` of its request
         alone. ``slots=None``: as many as fit in free accelerator memory (at most 256), 16 on a CPU.
 
+        A source that is fed while the stream runs (a server, a work queue) may yield ``None`` for
+        "nothing ready yet": the busy slots keep decoding and the source is asked again next step
+        (when no slot is busy, after a short sleep). The stream ends when the iterable does.
+
         On CUDA the decode step runs as captured CUDA graphs (``cuda_graphs=False``: eagerly) and
         the codec decodes on its own stream beside it. Pass a ``StreamStats`` as ``stats`` to read
         what the call did (steps, slot occupancy, graphs, codec time) while and after it runs.

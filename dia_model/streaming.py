@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from .api import Dia, GenerationResult, Request
 
 MEMORY_HEADROOM = 0.85  # share of free memory the slots may take (activations and the codec need the rest)
+IDLE_POLL_S = 0.005  # how often an idle stream (a source that yields None, no slot busy) asks again
 CUDA_LENGTH_BUCKET = 256  # on CUDA the attention length comes in fewer, coarser buckets: one graph each
 CUDA_TOP_K_BUCKET = 64  # ... and the top-k bound is rounded up to a power of two from this
 
@@ -188,6 +189,8 @@ def stream_requests(dia: "Dia", requests: Iterable["Request"], *, slots: int | N
                 except StopIteration:
                     exhausted = True
                     break
+                if req is None:  # nothing ready yet: keep decoding, ask again next step
+                    break
                 try:
                     row, problem = check_request(dia, req)
                 except Exception as e:  # a request object that is not a Request at all
@@ -203,7 +206,11 @@ def stream_requests(dia: "Dia", requests: Iterable["Request"], *, slots: int | N
                     prompt = 0 if row.prompt is None else len(row.prompt)
                     table.seat(s, Seat(req.id, row, prompt, prompt))
             if not table.occupied():
-                break
+                if exhausted:
+                    break
+                yield from done_decoding(wait=False)
+                time.sleep(IDLE_POLL_S)  # an idle source and no work: wait for requests
+                continue
             # 2. one step for every slot; the finished flags travel to the host meanwhile
             table.post(step(table.attention_length(), _k_bound(table.top_k_bound(), dia.device,
                                                                  dia.config.audio_vocab)))

@@ -168,3 +168,25 @@ def test_stream_stats_report_what_the_call_did(model, prompts):
     assert stats.graphs_captured == 0 and stats.graph_fallback is None  # CPU: the eager step
     with pytest.raises(DiaError, match="cuda_graphs=True needs a CUDA device"):
         next(model.stream([Request(id=0, text=B)], slots=1, cuda_graphs=True))
+
+
+def test_a_source_that_yields_none_is_asked_again_and_rows_still_match(model, prompts):
+    """None from the iterable means "nothing ready yet": the busy slots go on decoding and later
+    requests join them; every row still equals generate() alone."""
+    reqs = _requests(prompts)[:5]
+    pulls = []
+
+    def source():
+        for i, req in enumerate(reqs):
+            for _ in range(3 * i):  # a feeder that is late more and more often
+                pulls.append(None)
+                yield None
+            pulls.append(req.id)
+            yield req
+        for _ in range(50):  # idle with nothing seated for a while, then the end
+            yield None
+
+    results = {r.id: r for r in model.stream(source(), slots=2, decode_audio=False)}
+    assert sorted(results) == sorted(r.id for r in reqs) and pulls.count(None) == 30
+    for req in reqs:
+        np.testing.assert_array_equal(results[req.id].codes, _alone(model, req).codes)
