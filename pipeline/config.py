@@ -58,8 +58,9 @@ class GenerationConfig:
     max_new_frames: Optional[int] = None  # None: as many as the model allows
     max_seconds: Optional[float] = None  # alternative to max_new_frames, in seconds of audio
     seed: Optional[int] = 0  # job seed: rows without a seed column get one derived from it and their id
-    batch_size: int = 8  # rows per generate() call
-    frame_budget: Optional[int] = None  # max rows x expected frames (padded) per batch; None: no limit
+    # rows each replica decodes side by side (its engine's slots; a finished row's slot takes the next
+    # row at once); None: as many as fit in the GPU's free memory (at most 256), 16 on a CPU
+    batch_size: Optional[int] = None
 
 
 @dataclass
@@ -149,6 +150,8 @@ def register() -> None:
         OmegaConf.register_new_resolver("pipeline_examples", _example_path)
     if not OmegaConf.has_resolver("pipeline_job_name"):
         OmegaConf.register_new_resolver("pipeline_job_name", job_dir_name)
+    if not OmegaConf.has_resolver("pipeline_log_dir"):
+        OmegaConf.register_new_resolver("pipeline_log_dir", log_dir)
 
 
 def unknown_keys(cfg: Any, schema: type = JobConfig, prefix: str = "") -> list[str]:
@@ -221,6 +224,19 @@ def job_dir_name(data_name: str, model_name: str, overrides: str) -> str:
 
 
 MAX_JOB_DIR_NAME = 160
+
+
+def log_dir(output_dir: str) -> str:
+    """Where Hydra keeps the run's log and .hydra/: the job folder itself, or for an object-store
+    job (``s3://bucket/prefix``) a local ``runs/_logs/<scheme>-<bucket>-<prefix>`` folder."""
+    if "://" not in output_dir or output_dir.startswith("file://"):
+        return output_dir.removeprefix("file://")
+    scheme, _, rest = output_dir.partition("://")
+    name = f"{scheme}-{rest.strip('/')}".replace("/", "-")
+    if len(name.encode()) > MAX_JOB_DIR_NAME:
+        name = name.encode()[: MAX_JOB_DIR_NAME - 11].decode(errors="ignore") + "-" + \
+            hashlib.sha256(rest.encode()).hexdigest()[:10]
+    return f"runs/_logs/{name}"
 
 
 def to_plain(cfg: JobConfig) -> dict[str, Any]:

@@ -67,7 +67,7 @@ def hub_sources(cfg: ModelConfig) -> list[HubSource]:
     is neither (a folder only the worker nodes have, or a typo) is left to the replicas: whether
     that folder brings its own codec cannot be told from here.
     """
-    if cfg.source == TINY_RANDOM:  # built locally, with its own codec
+    if cfg.source in (TINY_RANDOM, "null-model"):  # built locally with its own codec; the benchmarks' null model
         return []
     from dia_model.checkpoint import looks_like_repo_id
     from dia_model.codec import CONFIG_NAME, DEFAULT_REPO, WEIGHTS_NAME

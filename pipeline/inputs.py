@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import fnmatch
-import os
 from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
@@ -12,6 +11,8 @@ import pyarrow.parquet as pq
 
 from .errors import InputError
 from .ids import StemAllocator
+from .storage import filesystem_for as storage_filesystem
+from .storage import is_uri  # noqa: F401  (re-exported: callers ask inputs whether a spec is a URI)
 
 _GLOB_CHARS = "*?["
 PARQUET_SUFFIXES = (".parquet", ".pq", ".parq")
@@ -37,19 +38,10 @@ class Shard:
             return pq.read_table(f)
 
 
-def is_uri(spec: str) -> bool:
-    """Whether ``spec`` names a non-local filesystem location (``s3://``, ``gs://``, ...)."""
-    return "://" in spec and not spec.startswith("file://")
-
-
 def filesystem_for(spec: str) -> tuple[pafs.FileSystem, str]:
     """The pyarrow filesystem and in-filesystem path for a local path or URI."""
-    if spec.startswith("file://"):
-        spec = spec[len("file://"):]
-    if not is_uri(spec):
-        return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(spec))
     try:
-        return pafs.FileSystem.from_uri(spec)
+        return storage_filesystem(spec)
     except Exception as e:  # unknown scheme, missing credentials helper, ...
         raise InputError(f"cannot open {spec!r}: {e}") from e
 

@@ -1,7 +1,6 @@
 """One job from start to end: plan, resume, run on Ray, write audio + metadata + job.json, summarise."""
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import platform
@@ -9,14 +8,12 @@ import secrets
 import time
 from datetime import datetime, timezone
 from importlib import metadata as importlib_metadata
-from pathlib import Path
 from typing import Any, Optional
 
 from . import audio as audio_io
 from .cluster import connect, plan_replicas
 from .config import JobConfig, to_job_config, to_plain
 from .errors import PipelineError
-from .files import atomic_write_bytes, inside, remove_stale_temporaries
 from .hub_check import check_model_sources
 from .metadata import STATUS_ERROR, STATUS_OK, MetadataStore, base_record, error_record
 from .plan import JobPlan, build_plan
@@ -26,11 +23,10 @@ from .replica import BatchResult, Replica, ReplicaSettings
 from .resume import JOB_JSON, check_fingerprint, clear_outputs, fingerprint, read_job_json, select_rows
 from .rows import RowSpec
 from .scheduler import Scheduler
+from .storage import Storage, is_uri
 from .workqueue import WorkQueue
 
 log = logging.getLogger("pipeline")
-# errors writing one file that say every other file would fail too: stop, so that no row is marked error
-JOB_WIDE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
 _PACKAGES = ("dia-datasets", "torch", "ray", "pyarrow", "soundfile", "transformers", "hydra-core", "omegaconf",
              "numpy", "huggingface_hub", "tqdm")
 
@@ -50,8 +46,20 @@ def package_versions() -> dict[str, Optional[str]]:
     return out
 
 
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    atomic_write_bytes(path, (json.dumps(data, indent=2, default=str) + "\n").encode())
+def _peak_rss_mb() -> float:
+    """The driver process's peak resident memory (Linux reports kB, macOS bytes)."""
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024
+
+
+def output_location(spec: str) -> str:
+    """output.dir as the Storage root: a URI as given, a local path made absolute."""
+    import os
+
+    return spec if is_uri(spec) else os.path.abspath(os.path.expanduser(spec))
 
 
 class _Job:
@@ -61,7 +69,8 @@ class _Job:
         self.cfg = cfg
         self.replica_cls = replica_cls
         self.started = time.time()
-        self.job_dir = Path(cfg.output.dir).expanduser().resolve()
+        self.storage = Storage(output_location(cfg.output.dir))
+        self.job_dir = str(self.storage)
         self.model_info: dict[str, Any] = {"source": cfg.model.source, "revision": cfg.model.revision}
         self.scheduler: Optional[Scheduler] = None
         self.plan: Optional[JobPlan] = None
@@ -84,13 +93,18 @@ class _Job:
         self.progress.row(False, generated=generated)
 
     def on_batch(self, result: BatchResult, replica_info: dict[str, Any]) -> None:
-        """Write each row's audio file (whole or not at all), then queue its metadata."""
+        """Record each row the replica finished (it wrote the audio already: the metadata row is the
+        commit record). A write error that every row would hit stops the job."""
         model = replica_info.get("model") or self.model_info
         if replica_info.get("model"):
             self.model_info = model
+        fatal = None
         for r in result.rows:
             row = self.plan_index[r.key]
             if row.key in self.finished:
+                continue
+            if r.fatal:  # not recorded: the row is redone when the job is resumed
+                fatal = fatal or r.error
                 continue
             record = base_record(row, model)
             record.update(
@@ -99,35 +113,18 @@ class _Job:
                 seed=r.seed if r.seed is not None else row.seed, prompt_frames=r.prompt_frames,
                 max_new_frames=r.max_new_frames if r.max_new_frames is not None else row.max_new_frames,
                 replica=result.replica.get("name"), node=result.replica.get("node"),
-                device=result.replica.get("device"), batch_rows=len(result.rows),
+                device=result.replica.get("device"), batch_rows=result.slots or len(result.rows),
                 generation_s=result.generation_s, decode_s=result.decode_s,
-                finished_at=datetime.now(timezone.utc),
+                finished_at=datetime.now(timezone.utc), audio_bytes=r.audio_bytes if r.ok else None,
             )
-            ok = r.ok
-            if ok:
-                problem = self._write_audio(row, r.audio)
-                if problem:
-                    ok = False
-                    record.update(status=STATUS_ERROR, error=problem)
-                else:
-                    record["audio_path"] = row.audio_path
+            if r.ok:
+                record["audio_path"] = r.audio_path or row.audio_path
             self.finished.add(row.key)
-            self.store.add(record, r.audio if ok else None)
-            self.progress.row(ok, (r.duration_s or 0.0) if ok else 0.0)
-
-    def _write_audio(self, row: RowSpec, data: bytes) -> Optional[str]:
-        """Write one row's audio file whole or not at all; a problem with this row's file becomes the
-        row's error (returned), one that no row could get past (disk full, read-only) stops the job."""
-        try:
-            atomic_write_bytes(inside(self.job_dir, row.audio_path), data)
-        except OSError as e:
-            if e.errno in JOB_WIDE_ERRNOS:
-                raise PipelineError(f"cannot write audio under {self.job_dir}: {e.strerror or e}. Free space or fix "
-                                    "permissions, then run the same command again to resume.") from e
-            return f"cannot write the audio file {row.audio_path}: {type(e).__name__}: {e.strerror or e}"
-        except ValueError as e:  # a path that would leave the job directory
-            return f"cannot write the audio file: {e}"
-        return None
+            self.store.add(record, r.audio if r.ok else None)
+            self.progress.row(r.ok, (r.duration_s or 0.0) if r.ok else 0.0, nbytes=(r.audio_bytes or 0) if r.ok else 0)
+        if fatal:
+            raise PipelineError(f"cannot write audio to {self.job_dir}: {fatal}. Free space or fix permissions or "
+                                "credentials, then run the same command again to resume.")
 
     # -- steps -----------------------------------------------------------------------------
     def prepare(self) -> list[RowSpec]:
@@ -138,9 +135,10 @@ class _Job:
         except ValueError as e:
             raise PipelineError(f"output.subtype: {e}") from e
         check_model_sources(cfg.model)  # before any folder is made or replica started
+        self.storage.check_writable()  # credentials, bucket, permissions: before any model loads
         if cfg.overwrite:
-            clear_outputs(self.job_dir)
-        previous = read_job_json(self.job_dir)
+            clear_outputs(self.storage)
+        previous = read_job_json(self.storage)
         if cfg.generation.seed is not None:
             self.job_seed = int(cfg.generation.seed)
         else:
@@ -157,12 +155,11 @@ class _Job:
 
         self.plan = build_plan(cfg, self.job_seed, validate_script)
         self.plan_index = self.plan.by_key()
-        self.job_dir.mkdir(parents=True, exist_ok=True)
-        remove_stale_temporaries(self.job_dir / "audio")
-        remove_stale_temporaries(self.job_dir / "metadata")
-        self.store = MetadataStore(self.job_dir, self.plan, embed_audio=cfg.output.embed_audio,
+        self.storage.remove_temporaries("audio")
+        self.storage.remove_temporaries("metadata")
+        self.store = MetadataStore(self.storage, self.plan, embed_audio=cfg.output.embed_audio,
                                    flush_rows=cfg.output.flush_rows, flush_seconds=cfg.output.flush_seconds)
-        todo, self.skipped = select_rows(self.plan.rows, self.store.existing(), self.job_dir, cfg.retry_errors)
+        todo, self.skipped = select_rows(self.plan.rows, self.store.existing(), self.storage, cfg.retry_errors)
         self.write_job_json("running")
         return todo
 
@@ -191,8 +188,8 @@ class _Job:
         def settings(name: str) -> ReplicaSettings:
             return ReplicaSettings(name=name, model=cfg.model, has_gpu=rplan.use_gpu,
                                    torch_threads=rplan.torch_threads, audio_format=cfg.output.format.value,
-                                   audio_subtype=cfg.output.subtype, batch_size=cfg.generation.batch_size,
-                                   frame_budget=cfg.generation.frame_budget)
+                                   audio_subtype=cfg.output.subtype, slots=cfg.generation.batch_size,
+                                   output=self.storage.root, embed_audio=cfg.output.embed_audio)
 
         prompts = PromptStore(timeout_s=cfg.data.prompt_timeout_s, max_bytes=int(cfg.data.prompt_max_mb * 2**20))
         self.scheduler = Scheduler(
@@ -221,7 +218,8 @@ class _Job:
         steady = (ended - first_ready) if first_ready else None
         run = {
             "rows_done": p.ok + p.error, "ok": p.ok, "error": p.error, "skipped": self.skipped,
-            "wall_s": round(wall, 3), "audio_s": round(p.audio_s, 3),
+            "wall_s": round(wall, 3), "audio_s": round(p.audio_s, 3), "bytes_written": p.bytes,
+            "driver_peak_rss_mb": round(_peak_rss_mb(), 1),
             "rows_per_s": round((p.ok + p.error) / wall, 4) if wall > 0 else 0.0,
             "audio_s_per_wall_s": round(p.audio_s / wall, 4) if wall > 0 else 0.0,  # "x real time"
             "wall_s_per_audio_s": round(wall / p.audio_s, 4) if p.audio_s > 0 else None,
@@ -252,7 +250,7 @@ class _Job:
             "started_at": (self.runs[0]["started_at"] if self.runs else run["started_at"]),
             "ended_at": run["ended_at"], "runs": [*self.runs, run], "summary": summary,
         }
-        _write_json(self.job_dir / JOB_JSON, data)
+        self.storage.put(JOB_JSON, (json.dumps(data, indent=2, default=str) + "\n").encode())
 
 
 def run_job(cfg: Any, *, replica_cls: type = Replica) -> dict[str, Any]:

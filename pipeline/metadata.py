@@ -16,13 +16,11 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Optional
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from .files import atomic_write
+from .storage import Storage
 
 if TYPE_CHECKING:
     from .plan import JobPlan
@@ -60,6 +58,7 @@ OWN_SCHEMA = pa.schema([
     ("model_revision", pa.string()),
     ("model_schema", pa.string()),
     ("model_dtype", pa.string()),
+    ("audio_bytes", pa.int64()),
     ("replica", pa.string()),
     ("node", pa.string()),
     ("device", pa.string()),
@@ -107,10 +106,9 @@ class Existing:
 class MetadataStore:
     """Buffers finished rows and writes them as metadata parts; merges parts per shard at the end."""
 
-    def __init__(self, job_dir: Path, plan: "JobPlan", *, embed_audio: bool = False,
+    def __init__(self, storage: Storage, plan: "JobPlan", *, embed_audio: bool = False,
                  flush_rows: int = 256, flush_seconds: float = 10.0) -> None:
-        self.job_dir = job_dir
-        self.dir = job_dir / "metadata"
+        self.storage = storage
         self.plan = plan
         self.embed_audio = embed_audio
         self.flush_rows = max(1, flush_rows)
@@ -121,20 +119,20 @@ class MetadataStore:
         self._seq = 0
 
     # -- reading ---------------------------------------------------------------------------
-    def _parts(self, shard: str) -> list[Path]:
-        return sorted((self.dir / "_parts" / shard).glob("*.parquet"))
+    def _parts(self, shard: str) -> list[str]:
+        return self.storage.files(f"metadata/_parts/{shard}", ".parquet")
 
-    def _sources(self, shard: str) -> list[Path]:
+    def _sources(self, shard: str) -> list[str]:
         """The merged file (if any) and then the parts, oldest first."""
-        merged = self.dir / f"{shard}.parquet"
-        return ([merged] if merged.is_file() else []) + self._parts(shard)
+        merged = f"metadata/{shard}.parquet"
+        return ([merged] if self.storage.exists(merged) else []) + self._parts(shard)
 
     def existing(self) -> dict[str, Existing]:
         """The last recorded status of every row an earlier run finished."""
         found: dict[str, Existing] = {}
         for shard in self.plan.carried:
             for path in self._sources(shard):
-                table = pq.read_table(path, columns=["key", "status", "audio_path"])
+                table = self.storage.read_table(path, columns=["key", "status", "audio_path"])
                 for key, status, audio in zip(*(table.column(c).to_pylist() for c in table.column_names)):
                     found[key] = Existing(status, audio)
         return found
@@ -153,7 +151,7 @@ class MetadataStore:
             if items:
                 self._seq += 1
                 name = f"{time.time_ns():020d}-{os.getpid()}-{self._seq:06d}.parquet"
-                self._write(self.dir / "_parts" / shard / name, self._table(shard, items))
+                self._write(f"metadata/_parts/{shard}/{name}", self._table(shard, items))
         self._buffer.clear()
         self._buffered = 0
         self._last_flush = time.monotonic()
@@ -173,10 +171,10 @@ class MetadataStore:
             table = table.append_column(pa.field("audio", AUDIO_TYPE), audio)
         return table
 
-    def _write(self, path: Path, table: pa.Table) -> None:
+    def _write(self, rel: str, table: pa.Table) -> None:
         if "audio" in table.column_names:
             table = table.replace_schema_metadata({**(table.schema.metadata or {}), **_HF_METADATA})
-        atomic_write(path, lambda tmp: pq.write_table(table, tmp))
+        self.storage.put_table(rel, table)
 
     # -- merging ---------------------------------------------------------------------------
     def consolidate(self) -> None:
@@ -194,24 +192,30 @@ class MetadataStore:
             sources = self._sources(shard)
             if not sources:
                 continue
-            tables = [pq.read_table(p) for p in sources]
+            tables = [self.storage.read_table(p) for p in sources]
             merged = pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
             keys = merged.column("key").to_pylist()
             cells = list(zip(merged.column("row_index").to_pylist(), merged.column("sweep_point").to_pylist()))
             owned = {(r.row_index, r.sweep_point) for r in self.plan.rows if r.shard == shard}
             last = {key: i for i, key in enumerate(keys) if key in order or cells[i] not in owned}
             picked = sorted(last.values(), key=lambda i: (cells[i][0], order.get(keys[i], len(order)), i))
-            self._write(self.dir / f"{shard}.parquet", merged.take(pa.array(picked, pa.int64())))
+            self._write(f"metadata/{shard}.parquet", merged.take(pa.array(picked, pa.int64())))
             for p in parts:
-                p.unlink(missing_ok=True)
-            for folder in (self.dir / "_parts" / shard, self.dir / "_parts"):
-                try:
-                    folder.rmdir()  # only when empty
-                except OSError:
-                    pass
+                self.storage.delete(p)
+            self._remove_empty_parts(shard)
+
+    def _remove_empty_parts(self, shard: str) -> None:
+        """Local folders ``_parts/<shard>`` and ``_parts`` once empty (object stores have no folders)."""
+        if not self.storage.local:
+            return
+        for rel in (f"metadata/_parts/{shard}", "metadata/_parts"):
+            try:
+                os.rmdir(self.storage.path(rel))  # only when empty
+            except OSError:
+                pass
 
     def read_all(self, shards: Optional[Iterable[str]] = None) -> pa.Table:
         """Every merged metadata row of the given shards (default: all of the plan)."""
-        tables = [pq.read_table(self.dir / f"{s}.parquet") for s in (shards or self.plan.carried)
-                  if (self.dir / f"{s}.parquet").is_file()]
+        tables = [self.storage.read_table(f"metadata/{s}.parquet") for s in (shards or self.plan.carried)
+                  if self.storage.exists(f"metadata/{s}.parquet")]
         return pa.concat_tables(tables, promote_options="permissive") if tables else pa.table({})

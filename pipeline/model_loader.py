@@ -64,6 +64,10 @@ def load_model(cfg: ModelConfig, has_gpu: bool) -> Any:
     from dia_model import Dia, HubUnavailableError
     from dia_model.codec import CodecLoadError
 
+    from .null_model import NULL, NullModel
+
+    if cfg.source == NULL:
+        return NullModel()
     device, dtype = pick_device(cfg, has_gpu)
     source = str(ensure_tiny_checkpoint(cfg.cache_dir, cfg.tiny_seed)) if cfg.source == TINY_RANDOM else cfg.source
     extra = {"compile": True} if cfg.compile else {}

@@ -39,8 +39,8 @@ def check_defaults(cfg: JobConfig) -> None:
         _, problem = parse_number(name, value)
         if problem:
             raise PipelineError(f"generation.{name}: {problem}")
-    if cfg.generation.batch_size < 1:
-        raise PipelineError("generation.batch_size must be at least 1")
+    if cfg.generation.batch_size is not None and cfg.generation.batch_size < 1:
+        raise PipelineError("generation.batch_size must be at least 1 (or null: sized from free GPU memory)")
 
 
 def _carried_columns(schema: pa.Schema, cfg: JobConfig) -> tuple[list[str], dict[str, str]]:

@@ -16,18 +16,20 @@ class Progress:
         self.ok = 0
         self.error = 0
         self.audio_s = 0.0
+        self.bytes = 0  # audio bytes the replicas wrote
         self.first_row_at: Optional[float] = None
         self._shown = 0.0
         self.bar = tqdm(total=total, unit="row", disable=not enabled or total == 0, dynamic_ncols=True,
                         smoothing=0.05, desc="synthesis")
 
-    def row(self, ok: bool, audio_s: float = 0.0, generated: bool = True) -> None:
+    def row(self, ok: bool, audio_s: float = 0.0, generated: bool = True, nbytes: int = 0) -> None:
         """Count one finished row (``generated``: it came from a replica, not from a check up front)."""
         if generated and self.first_row_at is None:
             self.first_row_at = time.time()
         self.ok += ok
         self.error += not ok
         self.audio_s += audio_s
+        self.bytes += nbytes
         self.bar.update(1)
         self.refresh()
 
@@ -37,11 +39,20 @@ class Progress:
             self._shown = now
             wall = max(now - self.start, 1e-9)
             self.bar.set_postfix_str(f"ok={self.ok}, error={self.error}, audio={self.audio_s:.1f}s, "
-                                     f"{self.audio_s / wall:.2f}× real time", refresh=True)
+                                     f"{self.audio_s / wall:.2f}× real time, written={human_bytes(self.bytes)}",
+                                     refresh=True)
 
     def close(self) -> None:
         self.refresh(force=True)
         self.bar.close()
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
 
 
 _QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
@@ -103,13 +114,14 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"{run['skipped']} already done, {run['wall_s']:.1f} s wall",
     ]
     if run["rows_done"]:
-        lines.append(throughput)
+        lines.append(throughput + f"; {human_bytes(run.get('bytes_written', 0))} of audio written")
     if run.get("time_to_first_row_s") is not None:
         lines.append(f"first finished row after {run['time_to_first_row_s']:.1f} s")
     for name, r in summary.get("replicas", {}).items():
         lines.append(
-            f"  {name}: {r['rows_ok']} ok / {r['rows_error']} error in {r['batches']} batches on {r['device']}, "
-            f"busy {100 * r['busy_fraction']:.0f}%, crashes {r['crashes']}"
+            f"  {name}: {r['rows_ok']} ok / {r['rows_error']} error on {r['device']} ({r.get('slots')} slots), "
+            f"busy {100 * r['busy_fraction']:.0f}%, {human_bytes(r.get('bytes_written', 0))} written, "
+            f"crashes {r['crashes']}"
         )
     lines += format_errors(summary.get("errors", []))
     return "\n".join(lines)

@@ -1,30 +1,34 @@
-"""A replica: one Ray actor holding one model, generating units of rows.
+"""A replica: one Ray actor holding one model, keeping its continuous-batching engine full.
 
-Inside a replica, a unit's rows are grouped into batches of similar expected length. The model
-generates codes for one batch while a codec thread decodes and encodes the previous one, so codec
-work overlaps with generation. Finished batches stream back to the driver as they complete.
-Before a batch starts, its rows are written to the driver's row ledger (and the write is waited
-for), so that if this process dies, exactly the rows it was working on are charged for it.
-Nothing is written to disk here: prompt audio arrives as bytes and is decoded in memory.
+Units of rows arrive from the driver (``run_unit``, several at once) and go into a local queue.
+One engine thread runs ``Dia.stream()`` for the life of the replica, pulling the next queued row
+whenever a slot frees up (a ``None`` when the queue is momentarily empty keeps the other slots
+decoding), so there is no unit or batch barrier. Each finished row is encoded and written
+straight to the job's output location (local folder or object store) by a writer thread, and only
+its metadata goes back to the driver, through the ``run_unit`` call that brought it.
+
+When the engine pulls a row, the row is written to the driver's row ledger first (and the write
+is waited for): if this process dies, exactly the rows it had started are charged for it, and the
+rows still queued here go back to the driver's queue free.
 """
 from __future__ import annotations
 
 import math
 import os
+import queue
 import socket
 import threading
 import time
-from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, Iterator, Optional
 
 from . import audio as audio_io
-from .batching import plan_batches
 from .config import TINY_RANDOM, ModelConfig
 from .rows import RowSpec
+from .storage import Storage, job_wide
 
-FRAMES_PER_TEXT_BYTE = 6.0  # ~86 frames/s of audio for ~14 bytes/s of speech: a length estimate only
+DELIVERY_WINDOW_S = 0.05  # rows finishing within this long of each other travel to the driver together
 
 
 @dataclass
@@ -37,8 +41,9 @@ class ReplicaSettings:
     torch_threads: Optional[int]
     audio_format: str
     audio_subtype: Optional[str]
-    batch_size: int
-    frame_budget: Optional[int]
+    slots: Optional[int]  # rows decoded side by side (None: the engine sizes it)
+    output: str = ""  # the job's output location; "" = send audio bytes to the driver instead
+    embed_audio: bool = False  # also send the bytes back (the metadata embeds them)
 
 
 @dataclass
@@ -48,7 +53,9 @@ class RowResult:
     key: str
     ok: bool
     error: Optional[str] = None
-    audio: Optional[bytes] = None  # a complete audio file in the job's format
+    audio: Optional[bytes] = None  # the audio file's bytes, only when the driver needs them
+    audio_path: Optional[str] = None  # where the replica wrote it (relative to the output location)
+    audio_bytes: Optional[int] = None
     sample_rate: Optional[int] = None
     duration_s: Optional[float] = None
     frames: Optional[int] = None
@@ -56,32 +63,27 @@ class RowResult:
     seed: Optional[int] = None
     max_new_frames: Optional[int] = None
     prompt_frames: Optional[int] = None
+    fatal: bool = False  # a write error every other row would hit too: the driver stops the job
 
 
 @dataclass
 class BatchResult:
-    """One batch's rows plus where and how long it ran."""
+    """Rows delivered together, plus where they ran and the replica's busy time since its last delivery."""
 
     rows: list[RowResult]
     replica: dict[str, Any]  # name, node, host, pid, device
     generation_s: float = 0.0
     decode_s: float = 0.0
+    slots: int = 0
 
 
 @dataclass
 class _Prepared:
     row: RowSpec
     max_new_frames: Optional[int]
-    prompt: Any  # None, a local audio path, or codes
+    prompt: Any  # None or prompt codes
     prompt_frames: int
-    expected_frames: int
-
-
-@dataclass
-class _Generated:
-    items: list[tuple[_Prepared, Any]]  # (row, GenerationResult or error message)
-    generation_s: float
-    failed: list[RowResult] = field(default_factory=list)
+    outbox: "queue.Queue[RowResult]"
 
 
 def _message(e: BaseException) -> str:
@@ -89,7 +91,8 @@ def _message(e: BaseException) -> str:
 
 
 class Replica:
-    """The actor class; the driver wraps it with ``ray.remote``."""
+    """The actor class; the driver wraps it with ``ray.remote`` (a threaded actor: ``run_unit``
+    calls run side by side and share the engine)."""
 
     def __init__(self, settings: ReplicaSettings, ledger: Any = None) -> None:
         import ray
@@ -122,18 +125,37 @@ class Replica:
         self.model_info = {k: info.get(k) for k in ("source", "revision", "schema", "layout", "dtype", "device")}
         if settings.model.source == TINY_RANDOM:  # not the cache path on some node
             self.model_info["source"] = f"{TINY_RANDOM} (seed {settings.model.tiny_seed})"
-        self._lm_lock = threading.Lock()  # one generate() at a time; the codec runs beside it
-        self._codec = ThreadPoolExecutor(max_workers=1, thread_name_prefix="codec")
+        self.storage = Storage(settings.output) if settings.output else None
         self._prompts: dict[str, tuple[Any, int]] = {}
         self._prompt_lock = threading.Lock()
+        self._inbox: "queue.Queue[_Prepared]" = queue.Queue()
+        self._seated: dict[str, _Prepared] = {}  # rows the engine has pulled and not yet delivered
+        self._lock = threading.Lock()
+        self._started = time.perf_counter()
+        self._idle_s = 0.0  # engine time with no row seated
+        self._write_s = 0.0  # encoding + writing time
+        self._reported = (0.0, 0.0)
+        self._stats: Any = None  # the running stream's StreamStats (its slot count is known as it starts)
+        self._writer = ThreadPoolExecutor(max_workers=2, thread_name_prefix="writer")
+        self._engine_error: Optional[BaseException] = None
+        threading.Thread(target=self._engine, name="engine", daemon=True).start()
 
     # -- introspection ----------------------------------------------------------------------
     def describe(self) -> dict[str, Any]:
         """Who this replica is and what it loaded (also the driver's readiness probe)."""
         if self.load_error is not None:
             raise self.load_error
+        deadline = time.monotonic() + 120
+        while not self._slots and self._engine_error is None and time.monotonic() < deadline:
+            time.sleep(0.01)  # the engine thread sizes its slots first
+        if self._engine_error is not None:
+            raise self._engine_error
         return {**self.identity, "model": self.model_info, "sample_rate": self.model.sample_rate,
-                "frame_rate": self.model.frame_rate, "max_frames": self.model.max_frames}
+                "frame_rate": self.model.frame_rate, "max_frames": self.model.max_frames, "slots": self._slots}
+
+    @property
+    def _slots(self) -> int:
+        return self._stats.slots if self._stats is not None else 0
 
     # -- preparation ------------------------------------------------------------------------
     def _prompt(self, uri: str, ref: Any) -> tuple[Any, int]:
@@ -146,7 +168,8 @@ class Replica:
                 self._prompts[uri] = (codes, len(codes))
             return self._prompts[uri]
 
-    def _prepare(self, row: RowSpec, prompts: dict[str, Any]) -> _Prepared | RowResult:
+    def _prepare(self, row: RowSpec, prompts: dict[str, Any], outbox: "queue.Queue[RowResult]") -> Any:
+        """A row ready for the engine (_Prepared), or the RowResult that says why it cannot run."""
         prompt, prompt_frames = None, 0
         try:
             if row.prompt_uri:
@@ -165,26 +188,121 @@ class Replica:
         if max_new is not None and max_new > limit:
             return RowResult(row.key, False, f"max_new_frames={max_new} is too large: at most {limit} after a "
                              f"{prompt_frames}-frame prompt", seed=row.seed, prompt_frames=prompt_frames)
-        spoken = len((row.text or "").encode()) * FRAMES_PER_TEXT_BYTE
-        expected = prompt_frames + int(min(max_new or limit, limit, spoken))
-        return _Prepared(row, max_new, prompt, prompt_frames, expected)
+        return _Prepared(row, max_new, prompt, prompt_frames, outbox)
 
-    # -- generation -------------------------------------------------------------------------
-    def _generate_batch(self, batch: list[_Prepared]) -> list[Any]:
-        """model.generate() for one batch, codes only (the codec runs later, in its own thread)."""
-        return self.model.generate(
-            [p.row.text for p in batch],
-            cfg_scale=[p.row.cfg_scale for p in batch],
-            temperature=[p.row.temperature for p in batch],
-            top_p=[p.row.top_p for p in batch],
-            top_k=[p.row.top_k for p in batch],
-            max_new_frames=[p.max_new_frames for p in batch],
-            seed=[p.row.seed for p in batch],
-            audio_prompts=[p.prompt for p in batch],
-            prompt_transcripts=[p.row.prompt_transcript for p in batch],
-            decode_audio=False,
-        )
+    # -- the engine thread ------------------------------------------------------------------
+    def _requests(self) -> Iterator[Any]:
+        """The engine's endless source: queued rows as Requests, None while the queue is empty.
 
+        The rows the engine is about to seat (as many as it has free slots) are written to the
+        ledger in one call, and the write is waited for before the first of them starts."""
+        from dia_model import Request
+
+        staged: list[_Prepared] = []
+        while True:
+            if not staged:
+                free = max(1, (self._slots or 1) - len(self._seated))
+                while len(staged) < free:
+                    try:
+                        staged.append(self._inbox.get_nowait())
+                    except queue.Empty:
+                        break
+                if staged:
+                    self._ledger_call("begin", [p.row.key for p in staged], wait=True)
+            if not staged:
+                idle, since = not self._seated, time.perf_counter()
+                yield None
+                if idle:  # nothing seated: the engine waited for rows meanwhile
+                    self._idle_s += time.perf_counter() - since
+                continue
+            p = staged.pop(0)
+            with self._lock:
+                self._seated[p.row.key] = p
+            self._admitted(p)
+            r = p.row
+            yield Request(id=r.key, text=r.text, cfg_scale=r.cfg_scale, temperature=r.temperature, top_p=r.top_p,
+                          top_k=r.top_k, max_new_frames=p.max_new_frames, seed=r.seed, audio_prompt=p.prompt,
+                          prompt_transcript=r.prompt_transcript)
+
+    def _admitted(self, p: _Prepared) -> None:
+        """Called on the engine thread as a row takes a slot (a hook for fault-injection tests)."""
+
+    def _engine(self) -> None:
+        from dia_model import StreamStats
+
+        while True:
+            stats = self._stats = StreamStats()
+            try:
+                stream = self.model.stream(self._requests(), slots=self.settings.slots, decode_audio=True,
+                                           stats=stats)
+                for res in stream:
+                    with self._lock:
+                        p = self._seated.pop(res.id, None)
+                    if p is not None:
+                        self._writer.submit(self._finish, p, res)
+            except Exception as e:  # the engine itself failed: retry each seated row alone, then go on
+                if not stats.slots:  # it could not even start (e.g. slots do not fit): report it
+                    self._engine_error = e
+                    return
+                self._rescue(e)
+
+    def _rescue(self, error: BaseException) -> None:
+        """After the engine raised: each row it held gets one generate() of its own."""
+        with self._lock:
+            seated, self._seated = list(self._seated.values()), {}
+        for p in seated:
+            try:
+                r = p.row
+                res = self.model.generate(
+                    r.text, cfg_scale=r.cfg_scale, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
+                    max_new_frames=p.max_new_frames, seed=r.seed, audio_prompts=[p.prompt],
+                    prompt_transcripts=r.prompt_transcript, decode_audio=True)[0]
+            except Exception as e:
+                p.outbox.put(RowResult(p.row.key, False, f"generation failed: {_message(e)} (the batch it ran in "
+                                       f"failed first: {_message(error)})", seed=p.row.seed,
+                                       prompt_frames=p.prompt_frames))
+                continue
+            self._finish(p, res)
+
+    # -- finishing a row (writer threads) ---------------------------------------------------
+    def _finish(self, p: _Prepared, res: Any) -> None:
+        start = time.perf_counter()
+        try:
+            p.outbox.put(self._result(p, res))
+        except BaseException as e:  # never leave a unit waiting for a row
+            p.outbox.put(RowResult(p.row.key, False, f"finishing the row failed: {_message(e)}", seed=p.row.seed))
+        finally:
+            with self._lock:
+                self._write_s += time.perf_counter() - start
+
+    def _result(self, p: _Prepared, res: Any) -> RowResult:
+        if res.error:
+            return RowResult(p.row.key, False, res.error, seed=p.row.seed, prompt_frames=p.prompt_frames)
+        common = dict(seed=res.seed, frames=res.frames, ended_by_eos=res.ended_by_eos, prompt_frames=res.prompt_frames,
+                      max_new_frames=(res.settings or {}).get("max_new_frames", p.max_new_frames))
+        if res.frames == 0:
+            return RowResult(p.row.key, False, "the model produced no audio frames", **common)
+        if res.audio is None:
+            return RowResult(p.row.key, False, "audio decoding failed: no waveform came back", **common)
+        sr = self.model.sample_rate
+        try:
+            data = audio_io.encode(res.audio, sr, self.settings.audio_format, self.settings.audio_subtype)
+        except Exception as e:
+            return RowResult(p.row.key, False, f"audio encoding failed: {_message(e)}", **common)
+        out = RowResult(p.row.key, True, sample_rate=sr, duration_s=len(res.audio) / sr, audio_bytes=len(data),
+                        **common)
+        if self.storage is None or self.settings.embed_audio:
+            out.audio = data
+        if self.storage is not None:
+            try:
+                self.storage.put(p.row.audio_path, data)
+            except Exception as e:
+                return RowResult(p.row.key, False, f"cannot write the audio file {p.row.audio_path}: {_message(e)}",
+                                 fatal=job_wide(e), **common)
+            out.audio_path = p.row.audio_path
+        return out
+
+    # -- the driver's calls -----------------------------------------------------------------
     def _ledger_call(self, method: str, keys: list[str], wait: bool) -> None:
         if self.ledger is None:
             return
@@ -194,86 +312,38 @@ class Replica:
         if wait:
             ray.get(ref)
 
-    def _generate(self, batch: list[_Prepared]) -> _Generated:
-        """Generate a batch; if it raises, retry its rows one by one so one bad row fails alone."""
-        with self._lm_lock:
-            self._ledger_call("begin", [p.row.key for p in batch], wait=True)  # recorded before any work
-            start = time.perf_counter()  # busy time, not time spent waiting for the lock
-            try:
-                items = list(zip(batch, self._generate_batch(batch)))
-            except Exception as e:
-                if len(batch) == 1:
-                    items = [(batch[0], _message(e))]
-                else:
-                    items = []
-                    for p in batch:
-                        try:
-                            items.append((p, self._generate_batch([p])[0]))
-                        except Exception as e1:
-                            items.append((p, _message(e1)))
-            elapsed = time.perf_counter() - start
-        return _Generated(items, elapsed)
-
-    def _decode(self, generated: _Generated, failed: list[RowResult]) -> BatchResult:
-        """Codes -> waveforms (batched) -> encoded audio files; runs on the codec thread."""
-        start = time.perf_counter()
-        out = list(failed)
-        good = [(p, r) for p, r in generated.items if not isinstance(r, str) and r.frames > 0]
-        for p, r in generated.items:
-            if isinstance(r, str):
-                out.append(RowResult(p.row.key, False, r, seed=p.row.seed, prompt_frames=p.prompt_frames))
-            elif r.frames == 0:
-                out.append(RowResult(p.row.key, False, "the model produced no audio frames", seed=r.seed,
-                                     frames=0, ended_by_eos=r.ended_by_eos, prompt_frames=r.prompt_frames))
-        try:
-            waves = self.model.decode_audio([r.codes for _, r in good]) if good else []
-        except Exception:
-            waves = []
-            for _, r in good:
-                try:
-                    waves.append(self.model.decode_audio([r.codes])[0])
-                except Exception as e:
-                    waves.append(e)
-        sr = self.model.sample_rate
-        for (p, r), wave in zip(good, waves):
-            resolved = getattr(r, "settings", None) or {}  # what the model used (None -> its limit)
-            common = dict(seed=r.seed, frames=r.frames, ended_by_eos=r.ended_by_eos, prompt_frames=r.prompt_frames,
-                          max_new_frames=resolved.get("max_new_frames", p.max_new_frames))
-            if isinstance(wave, Exception):
-                out.append(RowResult(p.row.key, False, f"audio decoding failed: {_message(wave)}", **common))
-                continue
-            try:
-                data = audio_io.encode(wave, sr, self.settings.audio_format, self.settings.audio_subtype)
-            except Exception as e:
-                out.append(RowResult(p.row.key, False, f"audio encoding failed: {_message(e)}", **common))
-                continue
-            out.append(RowResult(p.row.key, True, audio=data, sample_rate=sr, duration_s=len(wave) / sr, **common))
-        return BatchResult(out, dict(self.identity), generation_s=generated.generation_s,
-                           decode_s=time.perf_counter() - start)
-
     def run_unit(self, rows: list[RowSpec], prompts: dict[str, Any]) -> Iterator[BatchResult]:
-        """Generate a unit of rows, yielding each batch's results as soon as its audio is encoded."""
+        """Queue a unit's rows for the engine and yield their results as they finish, a few at a time."""
         if self.load_error is not None:
             raise self.load_error
-        prepared, failed = [], []
+        outbox: "queue.Queue[RowResult]" = queue.Queue()
+        failed, waiting = [], 0
         for row in rows:
-            p = self._prepare(row, prompts)
-            (failed if isinstance(p, RowResult) else prepared).append(p)
-        batches = plan_batches(prepared, lambda p: p.expected_frames, self.settings.batch_size,
-                               self.settings.frame_budget)
-        if not batches:
-            yield BatchResult(failed, dict(self.identity))
-            return
-        pending: deque[Future[BatchResult]] = deque()
-        for i, batch in enumerate(batches):
-            generated = self._generate(batch)
-            pending.append(self._codec.submit(self._decode, generated, failed if i == 0 else []))
-            while pending and (pending[0].done() or len(pending) > 1):
-                yield from self._sent(pending.popleft().result())
-        while pending:
-            yield from self._sent(pending.popleft().result())
+            p = self._prepare(row, prompts, outbox)
+            if isinstance(p, RowResult):
+                failed.append(p)
+            else:
+                self._inbox.put(p)
+                waiting += 1
+        if failed:
+            yield from self._sent(failed)
+        while waiting:
+            got = [outbox.get()]
+            deadline = time.monotonic() + DELIVERY_WINDOW_S
+            while len(got) < waiting:
+                try:
+                    got.append(outbox.get(timeout=max(0.0, deadline - time.monotonic())))
+                except queue.Empty:
+                    break
+            waiting -= len(got)
+            yield from self._sent(got)
 
-    def _sent(self, result: BatchResult) -> Iterator[BatchResult]:
-        """Yield one batch's results, then clear its rows from the ledger."""
-        yield result
-        self._ledger_call("finish", [r.key for r in result.rows], wait=False)
+    def _sent(self, rows: list[RowResult]) -> Iterator[BatchResult]:
+        """Yield rows to the driver, then clear them from the ledger."""
+        with self._lock:
+            busy, write = time.perf_counter() - self._started - self._idle_s, self._write_s
+            last_busy, last_write = self._reported
+            self._reported = (busy, write)
+        yield BatchResult(rows, dict(self.identity), generation_s=busy - last_busy, decode_s=write - last_write,
+                          slots=self._slots)
+        self._ledger_call("finish", [r.key for r in rows], wait=False)

@@ -2,38 +2,35 @@
 from __future__ import annotations
 
 import json
-import shutil
-from pathlib import Path
 from typing import Any, Optional
 
 from .config import TINY_RANDOM, JobConfig, to_plain
 from .errors import PipelineError
 from .metadata import STATUS_ERROR, STATUS_OK, Existing
 from .rows import RowSpec
+from .storage import Storage
 
 JOB_JSON = "job.json"
 OUTPUT_ENTRIES = ("audio", "metadata", JOB_JSON)
 
 
-def read_job_json(job_dir: Path) -> dict[str, Any]:
+def read_job_json(storage: Storage) -> dict[str, Any]:
     """The job.json an earlier run wrote, or {}."""
-    path = job_dir / JOB_JSON
-    if not path.is_file():
-        return {}
     try:
-        return json.loads(path.read_text())
+        data = storage.get(JOB_JSON)
+        return json.loads(data) if data is not None else {}
     except (OSError, ValueError) as e:
-        raise PipelineError(f"{path} is unreadable ({e}); fix or delete it, or run with overwrite=true") from e
+        raise PipelineError(f"{storage.uri(JOB_JSON)} is unreadable ({e}); fix or delete it, or run with "
+                            "overwrite=true") from e
 
 
-def clear_outputs(job_dir: Path) -> None:
+def clear_outputs(storage: Storage) -> None:
     """Delete what the pipeline wrote (audio/, metadata/, job.json), nothing else."""
     for name in OUTPUT_ENTRIES:
-        path = job_dir / name
-        if path.is_dir():
-            shutil.rmtree(path)
-        elif path.exists():
-            path.unlink()
+        if name == JOB_JSON:
+            storage.delete(name)
+        else:
+            storage.delete_tree(name)
 
 
 def fingerprint(cfg: JobConfig, job_seed: int) -> dict[str, Any]:
@@ -55,7 +52,7 @@ def fingerprint(cfg: JobConfig, job_seed: int) -> dict[str, Any]:
     return out
 
 
-def check_fingerprint(previous: dict[str, Any], current: dict[str, Any], job_dir: Path) -> None:
+def check_fingerprint(previous: dict[str, Any], current: dict[str, Any], job_dir: Any) -> None:
     """Refuse to mix settings in one job directory."""
     before = previous.get("fingerprint")
     if not before:
@@ -68,16 +65,19 @@ def check_fingerprint(previous: dict[str, Any], current: dict[str, Any], job_dir
         )
 
 
-def select_rows(rows: list[RowSpec], existing: dict[str, Existing], job_dir: Path,
+def select_rows(rows: list[RowSpec], existing: dict[str, Existing], storage: Storage,
                 retry_errors: bool) -> tuple[list[RowSpec], int]:
     """(rows still to do, number already done). Done: status ok with its audio file present, or
-    status error unless ``retry_errors``."""
+    status error unless ``retry_errors``. The metadata row is the commit record: an audio object
+    without one is made again (to the same name), never counted; the audio folder is listed once,
+    not asked about row by row (one request per row would crawl on an object store)."""
     todo: list[RowSpec] = []
     done = 0
+    present = set(storage.files("audio")) if any(e.status == STATUS_OK for e in existing.values()) else set()
     for row in rows:
         prev: Optional[Existing] = existing.get(row.key)
         if prev is not None and (
-            (prev.status == STATUS_OK and prev.audio_path and (job_dir / prev.audio_path).is_file())
+            (prev.status == STATUS_OK and prev.audio_path and prev.audio_path in present)
             or (prev.status == STATUS_ERROR and not retry_errors)
         ):
             done += 1

@@ -1,7 +1,8 @@
 """The driver loop: replicas pull units of rows, results stream back, dead replicas' rows are re-queued.
 
 Each replica is a Ray actor (``max_restarts`` lets Ray restart it after a crash, on another node if
-its own is gone). The driver keeps up to ``units_in_flight`` units per replica. When a replica
+its own is gone). The driver keeps enough units with each replica to fill its engine's slots and one
+unit more (at least ``units_in_flight``), so the replica's local queue never runs dry. When a replica
 process dies, that is one death however many units it held: the rows it had started (from the
 row ledger) get an attempt counted, the rest go back to the queue free, and the replica is probed
 with ``describe()`` and used again once it answers. Only a replica that Ray will not restart, or
@@ -10,6 +11,8 @@ one whose units keep raising while it lives (``max_replica_failures`` in a row),
 from __future__ import annotations
 
 import logging
+import math
+import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -75,10 +78,30 @@ class _Slot:
     crashes: int = 0  # times the replica process died (each death once)
     unit_errors: int = 0  # units that raised an exception in a live replica
     nodes: list[str] = field(default_factory=list)
+    bytes_written: int = 0
 
     def room(self, limit: int) -> bool:
         return (self.state == ACTIVE and len(self.inflight) < limit
                 and not any(t.unit.exclusive for t in self.inflight.values()))
+
+
+MAX_UNITS_PER_REPLICA = 128  # the actor's call threads (Ray makes max_concurrency threads up front)
+
+
+# Object-store settings (endpoint, credentials) the driver has are passed on to the replicas, which
+# write to the same store; a cluster whose workers have their own (e.g. KubeRay with a service
+# account) needs none of these set on the driver.
+_STORE_ENV_PREFIXES = ("AWS_", "GOOGLE_APPLICATION_CREDENTIALS", "AZURE_STORAGE_")
+
+
+def store_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k.startswith(_STORE_ENV_PREFIXES)}
+
+
+def units_for(slots: int, unit_rows: int, units_in_flight: int) -> int:
+    """Units a replica should hold so that its engine never runs dry: its slots' worth of rows plus
+    one unit queued behind them (at least ``units_in_flight``)."""
+    return min(MAX_UNITS_PER_REPLICA, max(units_in_flight, math.ceil(slots / max(1, unit_rows)) + 1))
 
 
 class Scheduler:
@@ -120,8 +143,9 @@ class Scheduler:
                 **self.resources,
                 max_restarts=cfg.max_restarts,
                 max_task_retries=0,
-                max_concurrency=cfg.units_in_flight + 1,
+                max_concurrency=MAX_UNITS_PER_REPLICA + 1,
                 scheduling_strategy="SPREAD",
+                **({"runtime_env": {"env_vars": store_env()}} if store_env() else {}),
             ).remote(settings(name), self.ledger)
             slot = _Slot(name, handle)
             self._probe(slot, STARTING)
@@ -223,7 +247,8 @@ class Scheduler:
     def _dispatch(self) -> None:
         self._unpark()
         for slot in self.slots:
-            while slot.room(self.cfg.units_in_flight):
+            limit = units_for(int(slot.info.get("slots") or 0), self.cfg.unit_rows, self.cfg.units_in_flight)
+            while slot.room(limit):
                 unit = self.queue.take(replica_idle=not slot.inflight)
                 if unit is None:
                     break
@@ -287,6 +312,7 @@ class Scheduler:
         slot.decode_s += result.decode_s
         slot.rows_ok += sum(r.ok for r in fresh)
         slot.rows_error += sum(not r.ok for r in fresh)
+        slot.bytes_written += sum(r.audio_bytes or 0 for r in fresh if r.ok)
         self.on_batch(result, slot.info)
 
     # -- the loop ------------------------------------------------------------------------------
@@ -350,7 +376,9 @@ class Scheduler:
             out[s.name] = {
                 "state": s.state, "host": s.info.get("host"), "device": s.info.get("device"),
                 "nodes": s.nodes, "rows_ok": s.rows_ok, "rows_error": s.rows_error, "batches": s.batches,
-                "crashes": s.crashes, "unit_errors": s.unit_errors, "generation_s": round(s.generation_s, 3), "decode_s": round(s.decode_s, 3),
+                "crashes": s.crashes, "unit_errors": s.unit_errors, "slots": s.info.get("slots"),
+                "generation_s": round(s.generation_s, 3), "write_s": round(s.decode_s, 3),
+                "bytes_written": s.bytes_written,
                 "busy_fraction": round(min(1.0, s.generation_s / alive), 3) if alive > 0 else 0.0,
                 "last_error": s.last_error,
             }

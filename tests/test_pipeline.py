@@ -275,16 +275,15 @@ def test_replica_killed_mid_job_requeues_its_rows(
     marker = tmp_path / "crashed-once"
 
     class CrashOnce(Replica):
-        """Dies (the whole process) before its second batch, once per test."""
+        """Dies (the whole process) as its third row takes a slot, once per test."""
 
-        batches = 0
+        admitted = 0
 
-        def _generate_batch(self, batch):
-            type(self).batches += 1
-            if type(self).batches == 2 and not marker.exists():
+        def _admitted(self, p):
+            type(self).admitted += 1
+            if type(self).admitted == 3 and not marker.exists():
                 marker.write_text(str(os.getpid()))
                 os._exit(1)
-            return super()._generate_batch(batch)
 
     rows = scripts(10)
     data = pipeline_parquet(rows)
@@ -306,12 +305,11 @@ def test_poison_row_is_given_up_and_the_job_goes_on(
     ray_local, pipeline_cfg, pipeline_parquet, tmp_path
 ):
     class Poisoned(Replica):
-        """Any batch holding the POISON script kills the replica process."""
+        """The POISON script kills the replica process as it takes a slot."""
 
-        def _generate_batch(self, batch):
-            if any("POISON" in (p.row.text or "") for p in batch):
+        def _admitted(self, p):
+            if "POISON" in (p.row.text or ""):
                 os._exit(1)
-            return super()._generate_batch(batch)
 
     rows = scripts(7)
     rows.insert(3, {"id": "poison", "text": "[S1] POISON pill.", "n": 99})

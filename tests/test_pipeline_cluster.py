@@ -44,13 +44,12 @@ def test_node_removed_mid_job_costs_only_its_in_flight_rows(
     class StallOnWorker(Replica):
         """On the worker node: announce that rows are in flight, then hold them until the node goes."""
 
-        def _generate_batch(self, batch):
+        def _admitted(self, p):
             import ray
 
             if ray.get_runtime_context().get_node_id() == worker_node:
-                marker.write_text(",".join(p.row.key for p in batch))
+                marker.write_text(p.row.key)
                 time.sleep(600)
-            return super()._generate_batch(batch)
 
     def remove_worker_when_busy():
         deadline = time.time() + 240

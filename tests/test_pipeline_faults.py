@@ -24,16 +24,14 @@ sys.path.insert(0, str(REPO / "bench"))
 
 
 def crashing_replica(markers: dict[str, Path]) -> type:
-    """A Replica whose process dies the first time it generates a batch holding one of ``markers``' rows."""
+    """A Replica whose process dies the first time one of ``markers``' rows takes a slot."""
 
     class CrashOnRows(Replica):
-        def _generate_batch(self, batch):
-            for p in batch:
-                marker = markers.get(p.row.id)
-                if marker is not None and not marker.exists():
-                    marker.write_text(str(os.getpid()))
-                    os._exit(1)
-            return super()._generate_batch(batch)
+        def _admitted(self, p):
+            marker = markers.get(p.row.id)
+            if marker is not None and not marker.exists():
+                marker.write_text(str(os.getpid()))
+                os._exit(1)
 
     return CrashOnRows
 

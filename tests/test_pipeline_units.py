@@ -1,4 +1,4 @@
-"""Pipeline parts that need neither Ray nor a model: inputs, ids, rows, queue, batching, metadata, config."""
+"""Pipeline parts that need neither Ray nor a model: inputs, ids, rows, queue, metadata, config."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import soundfile as sf
 from hydra.errors import ConfigCompositionException
 
 from dia_model import validate_script
+from pipeline.storage import Storage
 from pipeline.audio import FORMATS, encode
-from pipeline.batching import plan_batches
 from pipeline.config import to_job_config
 from pipeline.errors import InputError, PipelineError
 from pipeline.ids import MAX_STEM, StemAllocator, safe_stem
@@ -329,22 +329,12 @@ def test_queue_with_one_attempt_gives_up_at_once():
     assert q.failed(q.take(True).keys) == ["a", "b"] and len(q) == 0
 
 
-def test_batches_group_by_length_within_size_and_budget():
-    lengths = [5, 100, 7, 98, 6, 99, 50]
-    batches = plan_batches(lengths, lambda x: x, batch_size=3)
-    assert batches == [[100, 99, 98], [50, 7, 6], [5]]
-    budget = plan_batches(lengths, lambda x: x, batch_size=8, frame_budget=200)
-    assert all(len(b) * max(b) <= 200 for b in budget if len(b) > 1)
-    assert sorted(x for b in budget for x in b) == sorted(lengths)
-    assert plan_batches([500], lambda x: x, batch_size=4, frame_budget=10) == [[500]]
-
-
 # -- metadata and resume ---------------------------------------------------------------------------
 def test_metadata_parts_merge_last_wins_in_input_order(pipeline_cfg, pipeline_parquet, tmp_path):
     data = pipeline_parquet([{"id": f"r{i}", "text": f"[S1] {i}", "extra": i} for i in range(4)])
     plan = build_plan(_cfg(pipeline_cfg, data), 0, validate_script)
     job = tmp_path / "job"
-    store = MetadataStore(job, plan, flush_rows=2)
+    store = MetadataStore(Storage(str(job)), plan, flush_rows=2)
     model = {"source": "m", "revision": None}
     rows = plan.rows
     store.add(error_record(rows[3], "boom", model))
@@ -366,11 +356,11 @@ def test_metadata_parts_merge_last_wins_in_input_order(pipeline_cfg, pipeline_pa
         {**base_record(rows[0], model), "status": STATUS_OK, "audio_path": rows[0].audio_path}
     )
     store.flush()
-    todo, done = select_rows(rows, store.existing(), job, retry_errors=False)
+    todo, done = select_rows(rows, store.existing(), Storage(str(job)), retry_errors=False)
     assert [r.id for r in todo] == ["r0", "r2"] and done == 2
     (job / rows[0].audio_path).parent.mkdir(parents=True)
     (job / rows[0].audio_path).write_bytes(b"x")
-    todo, done = select_rows(rows, store.existing(), job, retry_errors=True)
+    todo, done = select_rows(rows, store.existing(), Storage(str(job)), retry_errors=True)
     assert [r.id for r in todo] == ["r1", "r2", "r3"] and done == 1
 
 
@@ -483,12 +473,12 @@ def test_a_run_over_a_subset_keeps_the_other_rows_records(pipeline_cfg, pipeline
     job = tmp_path / "job"
     model = {"source": "m", "revision": None}
     full = build_plan(_cfg(pipeline_cfg, data), 0, validate_script)
-    store = MetadataStore(job, full)
+    store = MetadataStore(Storage(str(job)), full)
     for r in full.rows:
         store.add({**base_record(r, model), "status": STATUS_OK, "audio_path": r.audio_path, "attempts": 0})
     store.consolidate()
     subset = build_plan(_cfg(pipeline_cfg, data, "data.limit=2"), 0, validate_script)  # e.g. data.limit=2
-    store = MetadataStore(job, subset)
+    store = MetadataStore(Storage(str(job)), subset)
     store.add(error_record(subset.rows[1], "redone", model))
     store.consolidate()
     table = pq.read_table(job / "metadata" / "scripts.parquet")
