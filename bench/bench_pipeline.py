@@ -96,7 +96,7 @@ def run_null(rows: int, tmp: Path) -> dict:
                              "text": [f"[S1] Row number {i}. [S2] Yes." for i in range(rows)]}), data)
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
     out = tmp / "null-job"
-    cmd = [sys.executable, "-m", "pipeline", "model.source=null-model", "model.name=null", f"data.input={data}",
+    cmd = [sys.executable, "-m", "pipeline", "model.source=null-model", "model.name=null-model", f"data.input={data}",
            f"output.dir={out}", "output.progress=false", "cluster.replicas=2", "cluster.num_cpus=4",
            "generation.batch_size=256", "cluster.unit_rows=256", "output.flush_rows=10000"]
     start = time.time()
@@ -105,8 +105,11 @@ def run_null(rows: int, tmp: Path) -> dict:
         raise SystemExit(f"null run failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
     run = json.loads((out / "job.json").read_text())["summary"]["this_run"]
     steady = run["steady_rows_per_s"] or 0.0
+    capacity = rows / run["driver_cpu_s"] if run.get("driver_cpu_s") else None
     return {"rows": rows, "command_s": time.time() - start, "rows_per_s": run["rows_per_s"],
             "steady_rows_per_s": steady, "driver_peak_rss_mb": run["driver_peak_rss_mb"],
+            "driver_cpu_s": run.get("driver_cpu_s"), "driver_rows_per_cpu_s": capacity,
+            "h100s_one_driver_core_serves": (capacity or 0) / ROWS_PER_S_PER_H100,
             "h100s_one_driver_serves": steady / ROWS_PER_S_PER_H100, "targets": {"rows_per_s": 20000, "rss_mb": 1024}}
 
 
@@ -125,7 +128,10 @@ def main() -> None:
         print(f"null model, {r['rows']} rows, 2 replicas, {os.cpu_count()} CPUs: {r['rows_per_s']:.0f} rows/s over the "
               f"command, {r['steady_rows_per_s']:.0f} rows/s steady (target 20,000); driver peak RSS "
               f"{r['driver_peak_rss_mb']:.0f} MB (target <= 1,024 at 1M rows); one driver keeps "
-              f"{r['h100s_one_driver_serves']:.1f} H100s at x250 fed")
+              f"{r['h100s_one_driver_serves']:.1f} H100s at x250 fed at this rate.\n"
+              f"The driver itself used {r['driver_cpu_s']:.1f} CPU-s: {r['driver_rows_per_cpu_s']:.0f} rows per driver "
+              f"CPU-second, the ceiling with replicas on other machines = "
+              f"{r['h100s_one_driver_core_serves']:.0f} H100s at x250 (here the replicas share its 2 cores)")
         out = REPO / "bench" / "results" / f"pipeline-null-{time.strftime('%Y%m%d-%H%M%S')}.json"
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(r, indent=2))

@@ -214,8 +214,8 @@ class MetadataStore:
             except OSError:
                 pass
 
-    def read_all(self, shards: Optional[Iterable[str]] = None) -> pa.Table:
-        """Every merged metadata row of the given shards (default: all of the plan)."""
-        tables = [self.storage.read_table(f"metadata/{s}.parquet") for s in (shards or self.plan.carried)
+    def read_all(self, shards: Optional[Iterable[str]] = None, columns: Optional[list[str]] = None) -> pa.Table:
+        """Every merged metadata row of the given shards (default: all of the plan), all or some columns."""
+        tables = [self.storage.read_table(f"metadata/{s}.parquet", columns) for s in (shards or self.plan.carried)
                   if self.storage.exists(f"metadata/{s}.parquet")]
         return pa.concat_tables(tables, promote_options="permissive") if tables else pa.table({})

@@ -24,13 +24,19 @@ class Progress:
 
     def row(self, ok: bool, audio_s: float = 0.0, generated: bool = True, nbytes: int = 0) -> None:
         """Count one finished row (``generated``: it came from a replica, not from a check up front)."""
+        self.rows(int(ok), int(not ok), audio_s, nbytes, generated)
+
+    def rows(self, ok: int, error: int, audio_s: float = 0.0, nbytes: int = 0, generated: bool = True) -> None:
+        """Count finished rows at once (a replica's delivery)."""
+        if not ok + error:
+            return
         if generated and self.first_row_at is None:
             self.first_row_at = time.time()
         self.ok += ok
-        self.error += not ok
+        self.error += error
         self.audio_s += audio_s
         self.bytes += nbytes
-        self.bar.update(1)
+        self.bar.update(ok + error)
         self.refresh()
 
     def refresh(self, force: bool = False) -> None:

@@ -130,6 +130,7 @@ class Replica:
         self._prompt_lock = threading.Lock()
         self._inbox: "queue.Queue[_Prepared]" = queue.Queue()
         self._seated: dict[str, _Prepared] = {}  # rows the engine has pulled and not yet delivered
+        self._staged: list[_Prepared] = []  # rows taken from the queue for the slots about to free up
         self._lock = threading.Lock()
         self._started = time.perf_counter()
         self._idle_s = 0.0  # engine time with no row seated
@@ -198,7 +199,7 @@ class Replica:
         ledger in one call, and the write is waited for before the first of them starts."""
         from dia_model import Request
 
-        staged: list[_Prepared] = []
+        staged = self._staged
         while True:
             if not staged:
                 free = max(1, (self._slots or 1) - len(self._seated))
@@ -250,6 +251,9 @@ class Replica:
         """After the engine raised: each row it held gets one generate() of its own."""
         with self._lock:
             seated, self._seated = list(self._seated.values()), {}
+        for p in self._staged:  # taken for the failed stream but never started: queued again
+            self._inbox.put(p)
+        self._staged.clear()
         for p in seated:
             try:
                 r = p.row
@@ -328,7 +332,12 @@ class Replica:
         if failed:
             yield from self._sent(failed)
         while waiting:
-            got = [outbox.get()]
+            try:
+                got = [outbox.get(timeout=1.0)]
+            except queue.Empty:
+                if self._engine_error is not None:
+                    raise self._engine_error
+                continue
             deadline = time.monotonic() + DELIVERY_WINDOW_S
             while len(got) < waiting:
                 try:

@@ -26,7 +26,7 @@ PROMPT_COLUMNS = ("audio_prompt", "prompt_transcript")
 MISSING_TEXT = "text is missing (null)"
 
 
-@dataclass
+@dataclass(slots=True)
 class RowSpec:
     """Everything needed to generate one output row (one input row at one sweep point)."""
 

@@ -226,7 +226,7 @@ class Scheduler:
             if row.prompt_uri:
                 ref, problem = entries[row.prompt_uri]
                 if problem:
-                    self.on_error(row, problem, self.queue.attempts[key])
+                    self.on_error(row, problem, self.queue.attempts.get(key, 0))
                     continue
                 prompts[row.prompt_uri] = ref
             rows.append(row)

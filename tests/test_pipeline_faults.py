@@ -86,6 +86,28 @@ def test_each_death_counts_once_and_a_restarted_replica_is_kept(
     assert summary["replicas"]["replica-0"]["state"] == "active"
 
 
+def test_an_engine_error_costs_no_rows(ray_local, pipeline_cfg, pipeline_parquet, tmp_path):
+    """The replica's stream raises (not a process death) as row r2 takes a slot: the rows it held are
+    each generated alone, the rows it had staged go back to its queue, and the engine starts again."""
+    marker = tmp_path / "raised"
+
+    class RaiseOnce(Replica):
+        def _admitted(self, p):
+            if p.row.id == "r2" and not marker.exists():
+                marker.write_text("x")
+                raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    rows = texts(*((f"r{i}", 8 - i) for i in range(6)))
+    data = pipeline_parquet(rows)
+    summary = run_job(pipeline_cfg(f"data.input={data}", "cluster.replicas=1", "generation.batch_size=3",
+                                   "cluster.unit_rows=2", "generation.max_new_frames=20"), replica_cls=RaiseOnce)
+    assert marker.exists() and summary["status_counts"] == {"ok": 6}
+    meta = {r["id"]: r for r in metadata_rows(tmp_path / "job")}
+    assert sorted(meta) == sorted(r["id"] for r in rows) and all(r["attempts"] == 0 for r in meta.values())
+    for r in meta.values():
+        assert_audio_matches(tmp_path / "job", r)
+
+
 def test_hostile_rows_end_as_row_errors_and_the_rest_run(ray_local, pipeline_cfg, tmp_path):
     folder = tmp_path / "data"
     folder.mkdir()
