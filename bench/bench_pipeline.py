@@ -16,7 +16,7 @@ process with its own in-process Ray, timed from just before the process starts. 
 ``--baseline REV`` runs every variant with the code of git revision REV too (a temporary worktree,
 first on PYTHONPATH), alternating with this checkout's runs, so both see the same machine state.
 ``--null N`` replaces Dia with ``pipeline/null_model.py`` (every row comes back at once with a 93 ms
-waveform) and runs N rows through 2 replicas: rows/s through the driver (steady: after the first
+waveform) and runs N rows (in Parquet shards of ``--shard-rows``) through 2 replicas: rows/s through the driver (steady: after the first
 replica is ready), the driver's peak RSS, and from those how many H100s at the engine goal
 (x250 real time, ~10 s rows = 25 rows/s each) one driver could keep fed.
 
@@ -86,14 +86,18 @@ def run_once(replicas: int, threads: int, out: Path, cache: Path, data: Path | N
 ROWS_PER_S_PER_H100 = 25.0  # x250 real time on ~10 s rows
 
 
-def run_null(rows: int, tmp: Path) -> dict:
+def run_null(rows: int, tmp: Path, shard_rows: int = 100_000) -> dict:
     """``rows`` short rows through the null model and 2 replicas; driver rows/s and peak RSS."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    data = tmp / "null.parquet"
-    pq.write_table(pa.table({"id": [f"r{i:08d}" for i in range(rows)],
-                             "text": [f"[S1] Row number {i}. [S2] Yes." for i in range(rows)]}), data)
+    data = tmp / "null-input"
+    data.mkdir()
+    for start in range(0, rows, shard_rows):  # shards of shard_rows, as corpora are usually split
+        ids = range(start, min(rows, start + shard_rows))
+        pq.write_table(pa.table({"id": [f"r{i:08d}" for i in ids],
+                                 "text": [f"[S1] Row number {i}. [S2] Yes." for i in ids]}),
+                       data / f"part-{start // shard_rows:05d}.parquet")
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
     out = tmp / "null-job"
     cmd = [sys.executable, "-m", "pipeline", "model.source=null-model", "model.name=null-model", f"data.input={data}",
@@ -106,7 +110,7 @@ def run_null(rows: int, tmp: Path) -> dict:
     run = json.loads((out / "job.json").read_text())["summary"]["this_run"]
     steady = run["steady_rows_per_s"] or 0.0
     capacity = rows / run["driver_cpu_s"] if run.get("driver_cpu_s") else None
-    return {"rows": rows, "command_s": time.time() - start, "rows_per_s": run["rows_per_s"],
+    return {"rows": rows, "shard_rows": shard_rows, "command_s": time.time() - start, "rows_per_s": run["rows_per_s"],
             "steady_rows_per_s": steady, "driver_peak_rss_mb": run["driver_peak_rss_mb"],
             "driver_cpu_s": run.get("driver_cpu_s"), "driver_rows_per_cpu_s": capacity,
             "h100s_one_driver_core_serves": (capacity or 0) / ROWS_PER_S_PER_H100,
@@ -121,11 +125,12 @@ def main() -> None:
     ap.add_argument("--scale", type=int, default=1, help="repeat the example's rows this many times")
     ap.add_argument("--baseline", default=None, help="git revision to run side by side with this checkout")
     ap.add_argument("--null", type=int, default=0, metavar="ROWS", help="the null-model driver benchmark")
+    ap.add_argument("--shard-rows", type=int, default=100_000, help="rows per input shard for --null")
     args = ap.parse_args()
     if args.null:
         with tempfile.TemporaryDirectory(prefix="bench-pipeline-null-") as tmp:
-            r = run_null(args.null, Path(tmp))
-        print(f"null model, {r['rows']} rows, 2 replicas, {os.cpu_count()} CPUs: {r['rows_per_s']:.0f} rows/s over the "
+            r = run_null(args.null, Path(tmp), args.shard_rows)
+        print(f"null model, {r['rows']} rows in shards of {r['shard_rows']}, 2 replicas, {os.cpu_count()} CPUs: {r['rows_per_s']:.0f} rows/s over the "
               f"command, {r['steady_rows_per_s']:.0f} rows/s steady (target 20,000); driver peak RSS "
               f"{r['driver_peak_rss_mb']:.0f} MB (target <= 1,024 at 1M rows); one driver keeps "
               f"{r['h100s_one_driver_serves']:.1f} H100s at x250 fed at this rate.\n"

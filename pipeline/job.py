@@ -16,7 +16,7 @@ from .config import JobConfig, to_job_config, to_plain
 from .errors import PipelineError
 from .hub_check import check_model_sources
 from .metadata import STATUS_ERROR, STATUS_OK, MetadataStore, base_record, error_record
-from .plan import JobPlan, build_plan
+from .plan import JobPlan, plan_shard, scan_plan
 from .progress import Progress, format_summary, group_errors
 from .prompts import PromptStore
 from .replica import BatchResult, Replica, ReplicaSettings
@@ -27,6 +27,7 @@ from .storage import Storage, is_uri
 from .workqueue import WorkQueue
 
 log = logging.getLogger("pipeline")
+QUEUE_ROWS = 20_000  # rows the driver keeps queued; a shard is planned only when the queue runs below this
 _PACKAGES = ("dia-datasets", "torch", "ray", "pyarrow", "soundfile", "transformers", "hydra-core", "omegaconf",
              "numpy", "huggingface_hub", "tqdm")
 
@@ -78,8 +79,10 @@ class _Job:
         self.store: Optional[MetadataStore] = None
         self.progress: Optional[Progress] = None
         self.queue: Optional[WorkQueue] = None
-        self.plan_index: dict[str, RowSpec] = {}
-        self.finished: set[str] = set()  # keys with a metadata record from this run
+        self.plan_index: dict[str, RowSpec] = {}  # rows of the shards loaded now, by key
+        self.pending: dict[str, str] = {}  # key -> shard, for rows queued and not yet recorded
+        self.open_rows: dict[str, int] = {}  # shard -> its rows not yet recorded (loaded shards only)
+        self.next_shard = 0
         self.skipped = 0  # rows an earlier run already finished
         self.job_seed = 0
         self.fingerprint: dict[str, Any] = {}
@@ -87,11 +90,63 @@ class _Job:
 
     # -- results ---------------------------------------------------------------------------
     def _record_error(self, row: RowSpec, message: str, attempts: int = 0, generated: bool = True) -> None:
-        if row.key in self.finished:
+        if row.key not in self.pending:
             return
-        self.finished.add(row.key)
         self.store.add(error_record(row, message, self.model_info, attempts))
+        self._recorded(row.key)
         self.progress.row(False, generated=generated)
+
+    def _recorded(self, key: str) -> None:
+        """A row's metadata record is queued: once all of its shard's rows are, the shard is merged
+        and its rows leave the driver's memory."""
+        shard = self.pending.pop(key)
+        self.plan_index.pop(key, None)
+        self.open_rows[shard] -= 1
+        if not self.open_rows[shard]:
+            self._close_shard(shard)
+
+    def _close_shard(self, shard: str) -> None:
+        self.store.consolidate([shard])
+        self.plan.release(shard)
+        del self.open_rows[shard]
+
+    # -- rows, a shard at a time -----------------------------------------------------------------
+    def _load_next_shard(self) -> bool:
+        """Plan the next shard: skip the rows earlier runs finished, record rows with problems, queue
+        the rest (longest first). False when every shard is loaded."""
+        if self.next_shard >= len(self.plan.shards):
+            return False
+        shard = self.plan.shards[self.next_shard]
+        self.next_shard += 1
+        from dia_model import validate_script  # text checks only: no model is loaded here
+
+        rows = plan_shard(self.cfg, self.plan, shard, self.job_seed, validate_script)
+        todo, skipped = select_rows(rows, self.store.existing([shard.name]), self.storage, self.cfg.retry_errors)
+        self.skipped += skipped
+        self.progress.skip(skipped)
+        self.open_rows[shard.name] = len(todo) + 1  # +1 until this method is done with the shard
+        good = []
+        for row in todo:
+            self.pending[row.key] = shard.name
+            self.plan_index[row.key] = row
+        for row in todo:
+            if row.problems:
+                self._record_error(row, "; ".join(row.problems), generated=False)
+            else:
+                good.append(row)
+        # longest first: similar lengths share units, and the long tail does not come last
+        good.sort(key=lambda r: r.expected_bytes, reverse=True)
+        self.queue.extend([r.key for r in good])
+        self.open_rows[shard.name] -= 1
+        if not self.open_rows[shard.name]:
+            self._close_shard(shard.name)
+        return True
+
+    def feed(self) -> bool:
+        """Keep at least ``QUEUE_ROWS`` rows queued, loading shards as needed; True while shards are left."""
+        while len(self.queue) < QUEUE_ROWS and self._load_next_shard():
+            pass
+        return self.next_shard < len(self.plan.shards)
 
     def on_batch(self, result: BatchResult, replica_info: dict[str, Any]) -> None:
         """Record each row the replica finished (it wrote the audio already: the metadata row is the
@@ -103,9 +158,9 @@ class _Job:
         ok = error = nbytes = 0
         audio_s = 0.0
         for r in result.rows:
-            row = self.plan_index[r.key]
-            if row.key in self.finished:
+            if r.key not in self.pending:
                 continue
+            row = self.plan_index[r.key]
             if r.fatal:  # not recorded: the row is redone when the job is resumed
                 fatal = fatal or r.error
                 continue
@@ -122,8 +177,8 @@ class _Job:
             )
             if r.ok:
                 record["audio_path"] = r.audio_path or row.audio_path
-            self.finished.add(row.key)
             self.store.add(record, r.audio if r.ok else None)
+            self._recorded(row.key)
             if r.ok:
                 ok, audio_s, nbytes = ok + 1, audio_s + (r.duration_s or 0.0), nbytes + (r.audio_bytes or 0)
             else:
@@ -134,8 +189,8 @@ class _Job:
                                 "credentials, then run the same command again to resume.")
 
     # -- steps -----------------------------------------------------------------------------
-    def prepare(self) -> list[RowSpec]:
-        """Check config and inputs, handle overwrite/resume; return the rows still to do."""
+    def prepare(self) -> None:
+        """Check config and inputs, handle overwrite/resume (no row is planned yet)."""
         cfg = self.cfg
         try:
             audio_io.check_format(cfg.output.format.value, cfg.output.subtype)
@@ -157,33 +212,22 @@ class _Job:
             if r.get("status") == "running" else r
             for r in previous.get("runs", [])
         ]
-
-        from dia_model import validate_script  # text checks only: no model is loaded here
-
-        self.plan = build_plan(cfg, self.job_seed, validate_script)
-        self.plan_index = self.plan.by_key()
+        self.plan = scan_plan(cfg)
         self.storage.remove_temporaries("audio")
         self.storage.remove_temporaries("metadata")
         self.store = MetadataStore(self.storage, self.plan, embed_audio=cfg.output.embed_audio,
                                    flush_rows=cfg.output.flush_rows, flush_seconds=cfg.output.flush_seconds)
-        todo, self.skipped = select_rows(self.plan.rows, self.store.existing(), self.storage, cfg.retry_errors)
         self.write_job_json("running")
-        return todo
 
-    def generate(self, todo: list[RowSpec]) -> None:
-        """Rows with problems become errors at once; the rest run on Ray replicas."""
+    def generate(self) -> None:
+        """Shards are planned as the queue needs rows; rows with problems become errors at once, the
+        rest run on Ray replicas."""
         cfg = self.cfg
-        self.progress = Progress(len(todo), enabled=cfg.output.progress)
-        good = []
-        for row in todo:
-            if row.problems:
-                self._record_error(row, "; ".join(row.problems), generated=False)
-            else:
-                good.append(row)
-        # longest first: similar lengths share units, and the long tail does not come last
-        good.sort(key=lambda r: r.expected_bytes, reverse=True)
-        self.queue = WorkQueue([r.key for r in good], cfg.cluster.unit_rows, cfg.cluster.max_attempts)
-        if not good:
+        self.progress = Progress(self.plan.total_rows, enabled=cfg.output.progress)
+        self.queue = WorkQueue([], cfg.cluster.unit_rows, cfg.cluster.max_attempts)
+        while not len(self.queue) and self._load_next_shard():
+            pass  # Ray starts only when some row needs generating
+        if not len(self.queue):
             return
         import ray
 
@@ -203,6 +247,7 @@ class _Job:
             cfg=cfg.cluster, queue=self.queue, rows=self.plan_index, settings=settings, count=rplan.count,
             resources={"num_cpus": rplan.num_cpus, "num_gpus": rplan.num_gpus}, replica_cls=self.replica_cls,
             on_batch=self.on_batch, on_error=self._record_error, on_tick=self.progress.refresh, prompts=prompts,
+            feed=self.feed,
         )
         self.scheduler.run()
 
@@ -242,8 +287,8 @@ class _Job:
         }
         return {
             # rows: every row the job has a record of (a data.limit run may plan fewer); planned: this run's
-            "job_dir": str(self.job_dir), "rows": max(table.num_rows, len(self.plan.rows)),
-            "planned": len(self.plan.rows), "status_counts": counts,
+            "job_dir": str(self.job_dir), "rows": max(table.num_rows, self.plan.total_rows),
+            "planned": self.plan.total_rows, "status_counts": counts,
             "audio_s": round(audio_total, 3), "this_run": run, "errors": errors,
             "replicas": self.scheduler.replica_stats(ended) if self.scheduler else {},
         }
@@ -271,10 +316,12 @@ def run_job(cfg: Any, *, replica_cls: type = Replica) -> dict[str, Any]:
     actor class (a subclass of Replica, e.g. for fault-injection tests).
     """
     job = _Job(to_job_config(cfg), replica_cls)
-    todo = job.prepare()
+    job.prepare()
     status, error = "failed", ""
     try:
-        job.generate(todo)
+        job.generate()
+        while job.feed():  # shards not reached (every row was done): still merged
+            pass
         job.store.consolidate()
         status = "completed"
     except KeyboardInterrupt:

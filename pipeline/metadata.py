@@ -127,10 +127,11 @@ class MetadataStore:
         merged = f"metadata/{shard}.parquet"
         return ([merged] if self.storage.exists(merged) else []) + self._parts(shard)
 
-    def existing(self) -> dict[str, Existing]:
-        """The last recorded status of every row an earlier run finished."""
+    def existing(self, shards: Optional[Iterable[str]] = None) -> dict[str, Existing]:
+        """The last recorded status of every row an earlier run finished (default: in the shards
+        planned now)."""
         found: dict[str, Existing] = {}
-        for shard in self.plan.carried:
+        for shard in (self.plan.loaded if shards is None else shards):
             for path in self._sources(shard):
                 table = self.storage.read_table(path, columns=["key", "status", "audio_path"])
                 for key, status, audio in zip(*(table.column(c).to_pylist() for c in table.column_names)):
@@ -177,7 +178,7 @@ class MetadataStore:
         self.storage.put_table(rel, table)
 
     # -- merging ---------------------------------------------------------------------------
-    def consolidate(self) -> None:
+    def consolidate(self, shards: Optional[Iterable[str]] = None) -> None:
         """Merge each shard's file and parts into ``metadata/<shard>.parquet``: one row per row key,
         the newest record winning, in input order; then delete the merged parts.
 
@@ -186,8 +187,9 @@ class MetadataStore:
         planned row now holds the same input cell (shard, row index, sweep point) under another key.
         """
         self.flush()
-        order = {r.key: n for n, r in enumerate(self.plan.rows)}
-        for shard in self.plan.carried:
+        for shard in list(self.plan.loaded if shards is None else shards):
+            rows = self.plan.loaded[shard]
+            order = {r.key: n for n, r in enumerate(rows)}
             parts = self._parts(shard)
             sources = self._sources(shard)
             if not sources:
@@ -196,7 +198,7 @@ class MetadataStore:
             merged = pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
             keys = merged.column("key").to_pylist()
             cells = list(zip(merged.column("row_index").to_pylist(), merged.column("sweep_point").to_pylist()))
-            owned = {(r.row_index, r.sweep_point) for r in self.plan.rows if r.shard == shard}
+            owned = {(r.row_index, r.sweep_point) for r in rows}
             last = {key: i for i, key in enumerate(keys) if key in order or cells[i] not in owned}
             picked = sorted(last.values(), key=lambda i: (cells[i][0], order.get(keys[i], len(order)), i))
             self._write(f"metadata/{shard}.parquet", merged.take(pa.array(picked, pa.int64())))
@@ -215,7 +217,8 @@ class MetadataStore:
                 pass
 
     def read_all(self, shards: Optional[Iterable[str]] = None, columns: Optional[list[str]] = None) -> pa.Table:
-        """Every merged metadata row of the given shards (default: all of the plan), all or some columns."""
-        tables = [self.storage.read_table(f"metadata/{s}.parquet", columns) for s in (shards or self.plan.carried)
+        """Every merged metadata row of the given shards (default: all of the job's), all or some columns."""
+        tables = [self.storage.read_table(f"metadata/{s}.parquet", columns)
+                  for s in (shards or [shard.name for shard in self.plan.shards])
                   if self.storage.exists(f"metadata/{s}.parquet")]
         return pa.concat_tables(tables, promote_options="permissive") if tables else pa.table({})

@@ -26,6 +26,11 @@ class Progress:
         """Count one finished row (``generated``: it came from a replica, not from a check up front)."""
         self.rows(int(ok), int(not ok), audio_s, nbytes, generated)
 
+    def skip(self, n: int) -> None:
+        """Rows an earlier run finished (they move the bar, not the counts)."""
+        if n:
+            self.bar.update(n)
+
     def rows(self, ok: int, error: int, audio_s: float = 0.0, nbytes: int = 0, generated: bool = True) -> None:
         """Count finished rows at once (a replica's delivery)."""
         if not ok + error:

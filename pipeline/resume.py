@@ -73,7 +73,10 @@ def select_rows(rows: list[RowSpec], existing: dict[str, Existing], storage: Sto
     not asked about row by row (one request per row would crawl on an object store)."""
     todo: list[RowSpec] = []
     done = 0
-    present = set(storage.files("audio")) if any(e.status == STATUS_OK for e in existing.values()) else set()
+    present: set[str] = set()
+    if any(e.status == STATUS_OK for e in existing.values()):
+        for shard in {r.shard for r in rows}:
+            present.update(storage.files(f"audio/{shard}"))
     for row in rows:
         prev: Optional[Existing] = existing.get(row.key)
         if prev is not None and (

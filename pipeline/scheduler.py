@@ -121,6 +121,7 @@ class Scheduler:
         on_error: Callable[[RowSpec, str, int], None],
         on_tick: Callable[[], None] = lambda: None,
         prompts: Optional[PromptStore] = None,
+        feed: Callable[[], bool] = lambda: False,
     ) -> None:
         self.cfg = cfg
         self.queue = queue
@@ -128,6 +129,7 @@ class Scheduler:
         self.on_batch = on_batch
         self.on_error = on_error
         self.on_tick = on_tick
+        self.feed = feed  # tops the queue up; True while more rows may come
         self.prompts = prompts or PromptStore()
         self.parked: list[Unit] = []  # units waiting for their prompt files to be read
         self.inflight: dict[Any, _Task] = {}
@@ -335,7 +337,7 @@ class Scheduler:
     def run(self) -> None:
         """Until every queued row is finished or given up."""
         try:
-            while len(self.queue) or self.inflight or self.parked:
+            while self.feed() or len(self.queue) or self.inflight or self.parked:
                 now = time.monotonic()
                 for slot in self.slots:
                     if slot.probe_again_at is not None and slot.probe_again_at <= now:

@@ -35,6 +35,10 @@ class WorkQueue:
         self._normal: deque[Unit] = deque(self._chunk(keys))
         self._alone: deque[Unit] = deque()
 
+    def extend(self, keys: Sequence[str]) -> None:
+        """More rows at the back of the queue (the next shard's)."""
+        self._normal.extend(self._chunk(keys))
+
     def _chunk(self, keys: Sequence[str]) -> Iterable[Unit]:
         for i in range(0, len(keys), self.unit_rows):
             yield Unit(next(self._uids), list(keys[i:i + self.unit_rows]))

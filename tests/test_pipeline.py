@@ -454,3 +454,34 @@ def test_hydra_multirun_gives_each_point_its_own_job(ray_local, pipeline_cache_d
         meta = metadata_rows(job)
         assert len(meta) == 2 and {r["cfg_scale"] for r in meta} == {float(scale)}
         assert json.loads((job / "job.json").read_text())["config"]["output"]["dir"] == str(job)
+
+
+def test_shards_are_planned_as_the_queue_needs_them(ray_local, pipeline_cfg, pipeline_parquet, tmp_path, monkeypatch):
+    """The driver holds the rows of the shards in flight, not the job's: with a small queue, each shard
+    is planned when the queue runs low and released once its rows are recorded. An id used in two
+    shards still gets one key per row, and a resume skips everything."""
+    import pipeline.job as job_module
+
+    loaded_at_plan = []
+    real = job_module.plan_shard
+
+    def watching(cfg, plan, shard, *args):
+        loaded_at_plan.append(len(plan.loaded))
+        return real(cfg, plan, shard, *args)
+
+    monkeypatch.setattr(job_module, "plan_shard", watching)
+    monkeypatch.setattr(job_module, "QUEUE_ROWS", 2)
+    for k in range(4):
+        rows = scripts(3, prefix=f"s{k}-")
+        if k == 3:
+            rows[0]["id"] = "s0-00"  # the same id as a row of shard 0
+        pipeline_parquet(rows, name=f"part-{k}.parquet")
+    folder = tmp_path / "data"
+    summary = run_job(pipeline_cfg(f"data.input={folder}", *SHORT))
+    assert summary["status_counts"] == {"ok": 12} and summary["planned"] == 12
+    assert loaded_at_plan[0] == 0 and max(loaded_at_plan) <= 2  # never the whole job at once
+    meta = metadata_rows(tmp_path / "job")
+    assert len(meta) == 12 and len({r["key"] for r in meta}) == 12
+    assert sorted(r["key"] for r in meta if r["id"] == "s0-00") == ["s0-00@part-0:0", "s0-00@part-3:0"]
+    again = run_job(pipeline_cfg(f"data.input={folder}", *SHORT))
+    assert again["this_run"]["skipped"] == 12 and again["this_run"]["rows_done"] == 0
