@@ -34,6 +34,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -130,17 +131,14 @@ def main() -> None:
     if args.null:
         with tempfile.TemporaryDirectory(prefix="bench-pipeline-null-") as tmp:
             r = run_null(args.null, Path(tmp), args.shard_rows)
-        print(f"null model, {r['rows']} rows in shards of {r['shard_rows']}, 2 replicas, {os.cpu_count()} CPUs: {r['rows_per_s']:.0f} rows/s over the "
-              f"command, {r['steady_rows_per_s']:.0f} rows/s steady (target 20,000); driver peak RSS "
+        print(f"null model, {r['rows']} rows in shards of {r['shard_rows']}, 2 replicas, {os.cpu_count()} CPUs: "
+              f"{r['rows_per_s']:.0f} rows/s over the command, {r['steady_rows_per_s']:.0f} rows/s steady (target 20,000); driver peak RSS "
               f"{r['driver_peak_rss_mb']:.0f} MB (target <= 1,024 at 1M rows); one driver keeps "
               f"{r['h100s_one_driver_serves']:.1f} H100s at x250 fed at this rate.\n"
               f"The driver itself used {r['driver_cpu_s']:.1f} CPU-s: {r['driver_rows_per_cpu_s']:.0f} rows per driver "
               f"CPU-second, the ceiling with replicas on other machines = "
               f"{r['h100s_one_driver_core_serves']:.0f} H100s at x250 (here the replicas share its 2 cores)")
-        out = REPO / "bench" / "results" / f"pipeline-null-{time.strftime('%Y%m%d-%H%M%S')}.json"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(r, indent=2))
-        print(f"saved {out.relative_to(REPO)}")
+        save_results("pipeline-null", r)
         return
 
     with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp:
@@ -187,9 +185,13 @@ def main() -> None:
               f"{med(rows, 'rows_per_s'):>6.2f} | {med(rows, 'audio_s_per_wall_s'):>14.3f} | "
               f"{med(rows, 'steady_rows_per_s'):>13.2f} | {med(rows, 'steady_audio_s_per_wall_s'):>16.3f} | "
               f"{med(rows, 'first_row_s'):>11.1f}")
-    out = REPO / "bench" / "results" / f"pipeline-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    save_results("pipeline", results)
+
+
+def save_results(prefix: str, data: Any) -> None:
+    out = REPO / "bench" / "results" / f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2))
+    out.write_text(json.dumps(data, indent=2))
     print(f"saved {out.relative_to(REPO)}")
 
 

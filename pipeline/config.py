@@ -59,7 +59,7 @@ class GenerationConfig:
     max_seconds: Optional[float] = None  # alternative to max_new_frames, in seconds of audio
     seed: Optional[int] = 0  # job seed: rows without a seed column get one derived from it and their id
     # rows each replica decodes side by side (its engine's slots; a finished row's slot takes the next
-    # row at once); None: as many as fit in the GPU's free memory (at most 256), 16 on a CPU
+    # row at once); None: as many as fit in the GPU's free memory (at most 256), 8 on a CPU replica
     batch_size: Optional[int] = None
 
 

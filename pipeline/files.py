@@ -34,14 +34,6 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     atomic_write(path, lambda tmp: tmp.write_bytes(data))
 
 
-def inside(root: Path, relative: str) -> Path:
-    """``root / relative``, refusing anything that would land outside ``root``."""
-    target = (root / relative).resolve()
-    if not target.is_relative_to(root.resolve()):
-        raise ValueError(f"{relative!r} points outside {root}")
-    return target
-
-
 def remove_stale_temporaries(root: Path) -> int:
     """Delete temporary files an interrupted run left under ``root``; return how many."""
     n = 0

@@ -27,6 +27,9 @@ from .storage import Storage, is_uri
 from .workqueue import WorkQueue
 
 log = logging.getLogger("pipeline")
+# a CPU replica's slots when generation.batch_size is null: a CPU step costs what its rows cost, and
+# free slots ride along until the job's last rows finish, so fewer than the engine's own default
+CPU_REPLICA_SLOTS = 8
 QUEUE_ROWS = 20_000  # rows the driver keeps queued; a shard is planned only when the queue runs below this
 _PACKAGES = ("dia-datasets", "torch", "ray", "pyarrow", "soundfile", "transformers", "hydra-core", "omegaconf",
              "numpy", "huggingface_hub", "tqdm")
@@ -172,7 +175,7 @@ class _Job:
                 max_new_frames=r.max_new_frames if r.max_new_frames is not None else row.max_new_frames,
                 replica=result.replica.get("name"), node=result.replica.get("node"),
                 device=result.replica.get("device"), batch_rows=result.slots or len(result.rows),
-                generation_s=result.generation_s, decode_s=result.decode_s,
+                generation_s=r.generation_s, decode_s=r.write_s,
                 finished_at=datetime.now(timezone.utc), audio_bytes=r.audio_bytes if r.ok else None,
             )
             if r.ok:
@@ -239,7 +242,8 @@ class _Job:
         def settings(name: str) -> ReplicaSettings:
             return ReplicaSettings(name=name, model=cfg.model, has_gpu=rplan.use_gpu,
                                    torch_threads=rplan.torch_threads, audio_format=cfg.output.format.value,
-                                   audio_subtype=cfg.output.subtype, slots=cfg.generation.batch_size,
+                                   audio_subtype=cfg.output.subtype,
+                                   slots=cfg.generation.batch_size or (None if rplan.use_gpu else CPU_REPLICA_SLOTS),
                                    output=self.storage.root, embed_audio=cfg.output.embed_audio)
 
         prompts = PromptStore(timeout_s=cfg.data.prompt_timeout_s, max_bytes=int(cfg.data.prompt_max_mb * 2**20))

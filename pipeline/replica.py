@@ -64,6 +64,8 @@ class RowResult:
     max_new_frames: Optional[int] = None
     prompt_frames: Optional[int] = None
     fatal: bool = False  # a write error every other row would hit too: the driver stops the job
+    generation_s: Optional[float] = None  # from taking a slot to its codes and waveform
+    write_s: Optional[float] = None  # encoding and writing its file
 
 
 @dataclass
@@ -84,6 +86,7 @@ class _Prepared:
     prompt: Any  # None or prompt codes
     prompt_frames: int
     outbox: "queue.Queue[RowResult]"
+    seated_at: float = 0.0
 
 
 def _message(e: BaseException) -> str:
@@ -217,6 +220,7 @@ class Replica:
                     self._idle_s += time.perf_counter() - since
                 continue
             p = staged.pop(0)
+            p.seated_at = time.perf_counter()
             with self._lock:
                 self._seated[p.row.key] = p
             self._admitted(p)
@@ -271,13 +275,16 @@ class Replica:
     # -- finishing a row (writer threads) ---------------------------------------------------
     def _finish(self, p: _Prepared, res: Any) -> None:
         start = time.perf_counter()
+        generation_s = start - p.seated_at if p.seated_at else None
         try:
-            p.outbox.put(self._result(p, res))
+            out = self._result(p, res)
         except BaseException as e:  # never leave a unit waiting for a row
-            p.outbox.put(RowResult(p.row.key, False, f"finishing the row failed: {_message(e)}", seed=p.row.seed))
-        finally:
-            with self._lock:
-                self._write_s += time.perf_counter() - start
+            out = RowResult(p.row.key, False, f"finishing the row failed: {_message(e)}", seed=p.row.seed)
+        took = time.perf_counter() - start
+        out.generation_s, out.write_s = generation_s, took
+        with self._lock:
+            self._write_s += took
+        p.outbox.put(out)
 
     def _result(self, p: _Prepared, res: Any) -> RowResult:
         if res.error:

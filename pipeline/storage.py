@@ -110,7 +110,10 @@ class Storage:
         norm = posixpath.normpath(rel.replace("\\", "/"))
         if norm.startswith(("/", "../")) or norm in ("..", ".") or "/../" in f"/{norm}/":
             raise ValueError(f"{rel!r} points outside {self}")
-        return f"{self.base}/{norm}"
+        full = f"{self.base}/{norm}"
+        if self.local and not Path(full).resolve().is_relative_to(Path(self.base).resolve()):
+            raise ValueError(f"{rel!r} leads outside {self} (through a symbolic link)")
+        return full
 
     def uri(self, rel: str) -> str:
         """Where ``rel`` is, for people and metadata."""

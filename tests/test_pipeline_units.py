@@ -579,3 +579,17 @@ def test_prompt_files_that_are_not_regular_too_large_or_endless_are_refused(tmp_
         store.poll()
     assert entry is not None and entry[0] is None and "took longer than 0.5 s" in entry[1]
     silent.close()
+
+
+def test_storage_never_writes_outside_its_root(tmp_path):
+    root = tmp_path / "job"
+    (root / "audio").mkdir(parents=True)
+    (tmp_path / "elsewhere").mkdir()
+    (root / "audio" / "link").symlink_to(tmp_path / "elsewhere")
+    store = Storage(str(root))
+    store.put("audio/a/b.flac", b"x")
+    assert (root / "audio" / "a" / "b.flac").read_bytes() == b"x" and store.files("audio") == ["audio/a/b.flac"]
+    for bad in ("../x.flac", "/etc/x", "audio/../../x", "audio/link/x.flac"):
+        with pytest.raises(ValueError, match="outside"):
+            store.put(bad, b"x")
+    assert not list((tmp_path / "elsewhere").iterdir()) and not (tmp_path / "x.flac").exists()
