@@ -5,10 +5,12 @@ from __future__ import annotations
 import io
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -84,9 +86,11 @@ def _put_parquet(client, bucket: str, key: str, rows: list[dict]) -> str:
     return f"s3://{bucket}/{key}"
 
 
-def _objects(client, bucket: str, prefix: str) -> dict[str, tuple[str, int]]:
+def _objects(client, bucket: str, prefix: str) -> dict[str, tuple[str, int, object]]:
+    """key -> (ETag, size, LastModified): an object uploaded again shows a later LastModified even
+    when its bytes (and so its ETag) are the same."""
     pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
-    return {o["Key"]: (o["ETag"], o["Size"]) for page in pages for o in page.get("Contents", [])}
+    return {o["Key"]: (o["ETag"], o["Size"], o["LastModified"]) for page in pages for o in page.get("Contents", [])}
 
 
 def _metadata(client, bucket: str, prefix: str) -> list[dict]:
@@ -118,6 +122,7 @@ def test_input_and_output_on_s3_and_a_resume_uploads_nothing(s3_server, ray_loca
         wave, sr = sf.read(io.BytesIO(s3_server.get_object(Bucket=bucket, Key=key)["Body"].read()))
         assert sr == 44100 and len(wave) == r["frames"] * 512 and r["replica"].startswith("replica-")
     audio_before = {k: v for k, v in objects.items() if "/audio/" in k}
+    time.sleep(1.1)  # LastModified has whole seconds: an upload in the resume would show
 
     again = run_job(pipeline_cfg(f"data.input={data}", f"output.dir={out}", *SHORT))
     assert again["this_run"]["skipped"] == 6 and again["this_run"]["rows_done"] == 0
@@ -181,3 +186,42 @@ def test_wrong_credentials_or_a_missing_bucket_fail_before_any_model_loads(s3_se
                 replica_cls=Marking)
     assert not loaded.exists()
     assert not _objects(s3_server, bucket, "y/")
+
+
+def test_the_driver_killed_mid_job_then_resumed(s3_server, ray_local, pipeline_cfg, bucket):
+    """The driver dies (SIGKILL) while replicas upload; the same command again finishes the job:
+    every row once, the rows recorded before the kill kept (their objects not uploaded again)."""
+    rows = scripts(16)
+    data = _put_parquet(s3_server, bucket, "in/scripts.parquet", rows)
+    out = f"s3://{bucket}/jobs/killed"
+    overrides = [f"data.input={data}", f"output.dir={out}", "cluster.replicas=1", "generation.max_new_frames=30"]
+    cfg = pipeline_cfg(*overrides)
+    slow = ["generation.batch_size=1", "cluster.unit_rows=1", "cluster.units_in_flight=1", "output.flush_rows=1"]
+    cmd = [sys.executable, "-m", "pipeline", *overrides, *slow, "model=tiny-random",
+           f"model.cache_dir={cfg.model.cache_dir}", "output.progress=false",
+           f"cluster.address={ray_local.get_runtime_context().gcs_address}"]
+    repo = Path(__file__).resolve().parents[1]
+    driver = subprocess.Popen(cmd, cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
+    deadline = time.time() + 180
+    while time.time() < deadline and not _objects(s3_server, bucket, "jobs/killed/metadata/_parts/"):
+        time.sleep(0.1)
+    os.killpg(driver.pid, signal.SIGKILL)  # mid-job: some rows recorded, others in flight
+    driver.wait()
+    recorded = []
+    for key in _objects(s3_server, bucket, "jobs/killed/metadata/_parts/"):
+        body = s3_server.get_object(Bucket=bucket, Key=key)["Body"].read()
+        recorded += pq.read_table(io.BytesIO(body)).to_pylist()
+    assert 1 <= len(recorded) < len(rows)
+    before = _objects(s3_server, bucket, "jobs/killed/audio/")
+    time.sleep(1.1)  # LastModified has whole seconds: an upload in the resume would show
+
+    summary = run_job(cfg)
+    meta = {r["id"]: r for r in _metadata(s3_server, bucket, "jobs/killed")}
+    assert sorted(meta) == [r["id"] for r in rows] and summary["status_counts"] == {"ok": 16}
+    assert summary["this_run"]["skipped"] >= len({r["id"] for r in recorded})
+    after = _objects(s3_server, bucket, "jobs/killed/audio/")
+    for r in recorded:  # kept as they were: not generated or uploaded again
+        key = f"jobs/killed/{r['audio_path']}"
+        assert after[key] == before[key] and meta[r["id"]]["audio_bytes"] == r["audio_bytes"]
+    assert len(after) == 16
