@@ -25,7 +25,7 @@ from typing import Any, Iterator, Optional
 
 from . import audio as audio_io
 from .config import TINY_RANDOM, ModelConfig
-from .rows import RowSpec
+from .rows import RowSpec, unpack_rows
 from .storage import Storage, job_wide
 
 DELIVERY_WINDOW_S = 0.05  # rows finishing within this long of each other travel to the driver together
@@ -323,10 +323,12 @@ class Replica:
         if wait:
             ray.get(ref)
 
-    def run_unit(self, rows: list[RowSpec], prompts: dict[str, Any]) -> Iterator[BatchResult]:
-        """Queue a unit's rows for the engine and yield their results as they finish, a few at a time."""
+    def run_unit(self, packed: list[tuple[Any, ...]], prompts: dict[str, Any]) -> Iterator[BatchResult]:
+        """Queue a unit's rows (``rows.pack_rows``) for the engine and yield their results as they
+        finish, a few at a time."""
         if self.load_error is not None:
             raise self.load_error
+        rows = unpack_rows(packed)
         outbox: "queue.Queue[RowResult]" = queue.Queue()
         failed, waiting = [], 0
         for row in rows:

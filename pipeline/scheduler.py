@@ -26,7 +26,7 @@ from .errors import PipelineError
 from .ledger import start_ledger
 from .prompts import PromptStore
 from .replica import BatchResult, ReplicaSettings
-from .rows import RowSpec
+from .rows import RowSpec, pack_rows
 from .workqueue import Unit, WorkQueue
 
 log = logging.getLogger("pipeline")
@@ -261,7 +261,7 @@ class Scheduler:
                 rows, prompts = payload
                 if not rows:
                     continue
-                gen = slot.handle.run_unit.remote(rows, prompts)
+                gen = slot.handle.run_unit.remote(pack_rows(rows), prompts)
                 task = _Task(unit, slot, {r.key for r in rows})
                 slot.inflight[gen] = self.inflight[gen] = task
 

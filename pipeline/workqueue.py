@@ -32,19 +32,27 @@ class WorkQueue:
         self.isolate_after = max(1, self.max_attempts - 1)
         self.attempts: dict[str, int] = defaultdict(int)
         self._uids = itertools.count()
-        self._normal: deque[Unit] = deque(self._chunk(keys))
+        self._normal: deque[Unit] = deque()
+        self._normal_rows = 0  # rows in _normal, kept as it changes (the driver asks often)
         self._alone: deque[Unit] = deque()
+        self.extend(keys)
 
     def extend(self, keys: Sequence[str]) -> None:
         """More rows at the back of the queue (the next shard's)."""
         self._normal.extend(self._chunk(keys))
+        self._normal_rows += len(keys)
+
+    def _push_front(self, keys: Sequence[str]) -> None:
+        for part in reversed(list(self._chunk(keys))):
+            self._normal.appendleft(part)
+        self._normal_rows += len(keys)
 
     def _chunk(self, keys: Sequence[str]) -> Iterable[Unit]:
         for i in range(0, len(keys), self.unit_rows):
             yield Unit(next(self._uids), list(keys[i:i + self.unit_rows]))
 
     def __len__(self) -> int:
-        return sum(len(u.keys) for u in self._normal) + len(self._alone)
+        return self._normal_rows + len(self._alone)
 
     @property
     def has_exclusive(self) -> bool:
@@ -55,7 +63,11 @@ class WorkQueue:
         """The next unit for a replica: a lone retry if the replica is idle, else a normal unit."""
         if self._alone:
             return self._alone.popleft() if replica_idle else None
-        return self._normal.popleft() if self._normal else None
+        if not self._normal:
+            return None
+        unit = self._normal.popleft()
+        self._normal_rows -= len(unit.keys)
+        return unit
 
     def give_back(self, unit: Unit, keys: Optional[Sequence[str]] = None) -> None:
         """Return rows of a unit that never started (e.g. its replica died first), with no attempt
@@ -66,8 +78,7 @@ class WorkQueue:
         if unit.exclusive:
             self._alone.appendleft(Unit(next(self._uids), keys, exclusive=True))
             return
-        for part in reversed(list(self._chunk(keys))):
-            self._normal.appendleft(part)
+        self._push_front(keys)
 
     def failed(self, keys: Iterable[str]) -> list[str]:
         """Rows whose replica died: count the attempt and re-queue them.
@@ -84,7 +95,6 @@ class WorkQueue:
                 alone.append(key)
             else:
                 again.append(key)
-        for unit in reversed(list(self._chunk(again))):
-            self._normal.appendleft(unit)
+        self._push_front(again)
         self._alone.extend(Unit(next(self._uids), [k], exclusive=True) for k in alone)
         return given_up

@@ -593,3 +593,12 @@ def test_storage_never_writes_outside_its_root(tmp_path):
         with pytest.raises(ValueError, match="outside"):
             store.put(bad, b"x")
     assert not list((tmp_path / "elsewhere").iterdir()) and not (tmp_path / "x.flac").exists()
+
+
+def test_rows_travel_to_replicas_as_tuples_and_come_back_equal(pipeline_cfg, pipeline_parquet):
+    from pipeline.rows import pack_rows, unpack_rows
+
+    data = pipeline_parquet([{"id": f"r{i}", "text": f"[S1] {i}", "seed": i} for i in range(3)])
+    rows = build_plan(_cfg(pipeline_cfg, data, "sweep.cfg_scale=[2.0,3.0]"), 0, validate_script).rows
+    packed = pack_rows(rows)
+    assert all(type(t) is tuple for t in packed) and unpack_rows(packed) == rows
