@@ -30,7 +30,7 @@ processes. Two occupancies, for both modes, with useful row-steps = sum over row
   and prompt frames a static batch teacher-forces step by step, count as waste;
 * computed = useful / row-steps actually computed: a static batch drops finished rows, and
   stream() on a CPU drops free slots once no request is waiting (the engine's own
-  ``SlotTable.occupancy`` is the same ratio, but counts the step a finish takes to reach the host).
+  ``StreamStats.occupancy`` is the same ratio, but counts the step a finish takes to reach the host).
 
 Peak memory: RSS high-water mark of the phase on CPU (reset through /proc/self/clear_refs), and
 ``torch.cuda.max_memory_allocated`` on CUDA. On a CPU, the time stream() spends in SlotState's

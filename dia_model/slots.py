@@ -32,16 +32,21 @@ class Seat:
 class SlotTable:
     """Seats of ``n`` slots, plus the finished-slot flags in flight from the device."""
 
-    def __init__(self, n: int, capacity: int, device: torch.device, length_bucket: int | None = None):
+    def __init__(self, n: int, capacity: int, device: torch.device, length_bucket: int | None = None,
+                 stats: Any = None):
         self.n = n
         self.capacity = capacity
         self.length_bucket = length_bucket or LENGTH_BUCKET
         self.seats: list[Optional[Seat]] = [None] * n
         self._pinned = device.type == "cuda"
         self._in_flight: list[tuple[torch.Tensor, Any]] = []  # (host copy, event) of a step's flags
-        self.steps = 0
-        self.slot_steps = 0  # sum over steps of the slots computed (fewer after a compaction)
-        self.busy_slot_steps = 0  # ... of those holding a request
+        # counts steps, slot_steps (slots computed, fewer after a compaction) and busy_slot_steps
+        # (those holding a request): a streaming.StreamStats, or one of its own
+        if stats is None:
+            from .streaming import StreamStats
+
+            stats = StreamStats()
+        self.stats = stats
 
     # ------------------------------------------------------------------ seats
     def free(self) -> list[int]:
@@ -79,9 +84,9 @@ class SlotTable:
 
     def advanced(self) -> None:
         """One step ran: every seated slot moved one position (finished ones stay put on the device)."""
-        self.steps += 1
-        self.slot_steps += self.n
-        self.busy_slot_steps += self.occupied()
+        self.stats.steps += 1
+        self.stats.slot_steps += self.n
+        self.stats.busy_slot_steps += self.occupied()
         for s in self.seats:
             if s is not None:
                 s.position = min(s.position + 1, self.capacity - 1)
@@ -112,8 +117,3 @@ class SlotTable:
     @staticmethod
     def _ready(event: Any) -> bool:
         return event is None or event.query()
-
-    @property
-    def occupancy(self) -> float:
-        """The fraction of computed slot-steps that held a request."""
-        return self.busy_slot_steps / self.slot_steps if self.slot_steps else 0.0

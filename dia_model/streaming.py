@@ -151,7 +151,8 @@ def stream_requests(dia: "Dia", requests: Iterable["Request"], *, slots: int | N
     stats.slots = n
     state = SlotState(dia.model, n, dia.device)
     cuda = dia.device.type == "cuda"
-    table = SlotTable(n, state.capacity, dia.device, length_bucket=CUDA_LENGTH_BUCKET if cuda else None)
+    table = SlotTable(n, state.capacity, dia.device, length_bucket=CUDA_LENGTH_BUCKET if cuda else None,
+                      stats=stats)
     step, graphed = _step_function(state, cuda_graphs)
     source = iter(requests)
     exhausted = False
@@ -215,7 +216,6 @@ def stream_requests(dia: "Dia", requests: Iterable["Request"], *, slots: int | N
             table.post(step(table.attention_length(), _k_bound(table.top_k_bound(), dia.device,
                                                                  dia.config.audio_vocab)))
             table.advanced()
-            stats.steps, stats.slot_steps, stats.busy_slot_steps = table.steps, table.slot_steps, table.busy_slot_steps
             # 3. slots whose finish has reached the host: results out, seats free
             finished = []
             for s in table.collect():

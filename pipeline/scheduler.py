@@ -138,6 +138,7 @@ class Scheduler:
         self._no_active_since = time.monotonic()
         self.ledger = start_ledger()
         remote = ray.remote(replica_cls)
+        env = store_env()
         self.slots: list[_Slot] = []
         for i in range(count):
             name = f"replica-{i}"
@@ -147,7 +148,7 @@ class Scheduler:
                 max_task_retries=0,
                 max_concurrency=MAX_UNITS_PER_REPLICA + 1,
                 scheduling_strategy="SPREAD",
-                **({"runtime_env": {"env_vars": store_env()}} if store_env() else {}),
+                **({"runtime_env": {"env_vars": env}} if env else {}),
             ).remote(settings(name), self.ledger)
             slot = _Slot(name, handle)
             self._probe(slot, STARTING)
