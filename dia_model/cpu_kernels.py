@@ -6,13 +6,14 @@ and its fp32 matmul with the few rows of a decode step reads memory at about hal
 machine's bandwidth.  ``kernels/avx2_linear.cpp`` widens weights to fp32 in registers
 and keeps several FMA chains in flight, so a decode step streams the weights once at
 memory speed.  It is compiled with the system C++ compiler through
-``torch.utils.cpp_extension`` (cached across runs); without a compiler, on other CPUs,
+``torch.utils.cpp_extension`` (cached across runs, in a folder per torch version); without a compiler, on other CPUs,
 or with ``DIA_CPU_KERNELS=0``, plain ``F.linear`` is used, and ``unavailable_reason()``
 says which of these applies.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import shlex
@@ -22,6 +23,11 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: torch's own lock file only
+    fcntl = None  # type: ignore[assignment]
 
 _SOURCE = Path(__file__).parent / "kernels" / "avx2_linear.cpp"
 _loaded: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
@@ -72,13 +78,16 @@ def avx2_linear() -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None
 
         if ninja_dir:
             os.environ["PATH"] = ninja_dir + os.pathsep + (path or "")
-        module = load(
-            name="dia_avx2_linear",
-            sources=[str(_SOURCE)],
-            extra_cflags=["-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp"],
-            extra_ldflags=["-fopenmp"],
-            verbose=False,
-        )
+        build_dir = _build_dir()
+        with _only_builder(build_dir):
+            module = load(
+                name="dia_avx2_linear",
+                sources=[str(_SOURCE)],
+                extra_cflags=["-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp"],
+                extra_ldflags=["-fopenmp"],
+                build_directory=str(build_dir),
+                verbose=False,
+            )
         _loaded = module.avx2_linear
     except Exception as e:  # no compiler, no ninja, a failed build, ...: correct but slower
         _reason = _toolchain_reason() or f"building it failed ({_error_summary(e)})"
@@ -89,6 +98,36 @@ def avx2_linear() -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None
         elif ninja_dir:
             os.environ["PATH"] = path
     return _loaded
+
+
+def _build_dir() -> Path:
+    """Where the kernel is built and cached: ``$TORCH_EXTENSIONS_DIR`` (or ~/.cache/torch_extensions),
+    one folder per torch version so an upgrade never loads a stale binary."""
+    root = os.environ.get("TORCH_EXTENSIONS_DIR")
+    base = Path(root) if root else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "torch_extensions"
+    folder = base / f"dia-torch{torch.__version__}" / "dia_avx2_linear"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+@contextlib.contextmanager
+def _only_builder(build_dir: Path):
+    """Hold an OS lock on ``build_dir`` while torch builds or loads the kernel there.
+
+    torch guards a build with a plain ``lock`` file that a process killed mid-build leaves behind, and
+    every later process then waits on it forever (seen: a test run hung at import).  The kernel frees an
+    ``flock`` when its holder dies, so whoever holds it is the only builder and may remove the leftover.
+    """
+    if fcntl is None:
+        yield
+        return
+    with open(build_dir / "dia-build.flock", "a+b") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            (build_dir / "lock").unlink(missing_ok=True)
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _policy_reason() -> str | None:

@@ -1,5 +1,9 @@
 """The compiled AVX2 CPU matmul agrees with torch."""
 
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -91,3 +95,20 @@ def test_model_uses_kernel_and_agrees_with_torch(dtype):
         assert (fast == slow).all()
     else:
         assert (fast == slow).mean() > 0.8  # both round to bf16 per layer; an occasional near-tie may flip
+
+
+@needs_kernel
+def test_a_build_lock_left_by_a_killed_process_does_not_hang_the_next(tmp_path):
+    """torch's ``lock`` file outlives a process killed mid-build; the next import must not wait on it."""
+    cached = cpu_kernels._build_dir()
+    folder = tmp_path / f"dia-torch{torch.__version__}" / "dia_avx2_linear"
+    shutil.copytree(cached, folder)  # the built kernel, so the child only loads it
+    (folder / "dia-build.flock").unlink(missing_ok=True)
+    (folder / "lock").touch()  # as a killed build leaves it
+    child = subprocess.run(
+        [sys.executable, "-c", "from dia_model.cpu_kernels import avx2_linear; assert avx2_linear() is not None"],
+        env={**os.environ, "TORCH_EXTENSIONS_DIR": str(tmp_path)},
+        cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=300,
+    )
+    assert child.returncode == 0, child.stderr[-2000:]
+    assert not (folder / "lock").exists()
