@@ -7,11 +7,12 @@ from .api import Dia, GenerationResult, Request
 from .audio import AudioError
 from .config import DiaConfig
 from .errors import CheckpointError, DiaError, HubUnavailableError
+from .longform import ChunkInfo
 from .streaming import StreamStats
 from .text import validate_script
 
 __all__ = [
-    "Dia", "GenerationResult", "Request", "StreamStats", "AudioError", "DiaConfig", "DiaError", "CheckpointError", "HubUnavailableError",
+    "Dia", "GenerationResult", "Request", "StreamStats", "ChunkInfo", "AudioError", "DiaConfig", "DiaError", "CheckpointError", "HubUnavailableError",
     "validate_script", "make_tiny_checkpoint",
 ]
 

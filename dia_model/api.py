@@ -38,6 +38,8 @@ class GenerationResult:
     frame_rate: float = 44100 / 512
     id: Any = None  # stream(): the request's id
     error: str | None = None  # stream(): why this request was not generated (codes are then empty)
+    chunks: list[Any] | None = None  # long form: a longform.ChunkInfo per chunk (text, frames, prompt)
+    end_tag_applied: bool = False  # end_tag=True: whether the script got the second-to-last speaker's tag
 
     @property
     def frames(self) -> int:
@@ -62,6 +64,10 @@ class Request:
     seed: int | None = None
     audio_prompt: Any = None  # codes [frames, 9], an audio file path, or a file's bytes
     prompt_transcript: str | None = None
+    long_form: bool = False  # split a long script into chunks that carry the voices over (dia_model.longform)
+    chunk_seconds: float = 20.0  # long form: expected speech per chunk at most
+    tail_seconds: float = 6.0  # long form: how much of a chunk's end prompts the next (0: none)
+    end_tag: bool = False  # append the second-to-last speaker's tag (the seed's cut-off remedy)
 
 
 CPU_SLOTS = 16
@@ -183,6 +189,10 @@ class Dia:
         prompt_transcripts: str | None | Sequence[str | None] = None,
         decode_audio: bool = True,
         reference_prompt_span: bool = False,
+        end_tag: bool = False,
+        long_form: bool = False,
+        chunk_seconds: float = 20.0,
+        tail_seconds: float = 6.0,
     ) -> list[GenerationResult]:
         """Generate one result per text; every setting is a scalar or one value per text.
 
@@ -195,12 +205,33 @@ class Dia:
         A row's result depends only on its own inputs and seed.  The one place the
         reference lets rows interact (prompts of different lengths in one batch) is
         reproduced bit for bit with ``reference_prompt_span=True``.
+
+        ``end_tag=True`` appends the second-to-last speaker's tag to each script (the seed's remedy
+        for a cut-off last word; ``result.end_tag_applied`` says where it applied).
+        ``long_form=True`` splits each script into chunks of at most ``chunk_seconds`` of expected
+        speech, prompting each chunk with the last ~``tail_seconds`` of the one before, and joins
+        them (see :mod:`dia_model.longform`; ``result.chunks`` describes each). Long-form rows run
+        through :meth:`stream`, so chunks of different scripts share the batch.
         """
         single = isinstance(texts, str)
         text_list = [texts] if single else list(texts)
         n = len(text_list)
         if n == 0:
             return []
+        if long_form:
+            return self._generate_long_form(text_list, decode_audio=decode_audio, chunk_seconds=chunk_seconds,
+                                            tail_seconds=tail_seconds, end_tag=end_tag, settings={
+                                                "cfg_scale": cfg_scale, "temperature": temperature, "top_p": top_p,
+                                                "top_k": top_k, "max_new_frames": max_new_frames, "seed": seed,
+                                                "audio_prompt": audio_prompts,
+                                                "prompt_transcript": prompt_transcripts})
+        tagged = [False] * n
+        if end_tag:
+            from .longform import with_end_tag
+
+            for i, text in enumerate(text_list):
+                if isinstance(text, str):
+                    text_list[i], tagged[i] = with_end_tag(text)
         rows = {
             "cfg_scale": _per_row("cfg_scale", cfg_scale, n),
             "temperature": _per_row("temperature", temperature, n),
@@ -228,13 +259,29 @@ class Dia:
                 prompt_frames=0 if r.prompt is None else len(r.prompt),
                 settings={"cfg_scale": r.cfg_scale, "temperature": r.temperature, "top_p": r.top_p,
                           "top_k": r.top_k, "max_new_frames": r.max_new_frames},
-                sample_rate=self.sample_rate, frame_rate=self.frame_rate,
+                sample_rate=self.sample_rate, frame_rate=self.frame_rate, end_tag_applied=t,
             )
-            for o, r in zip(outputs, requests)
+            for o, r, t in zip(outputs, requests, tagged)
         ]
         if decode_audio and self.codec is not None:
             for res, wave in zip(results, self.decode_audio([r.codes for r in results])):
                 res.audio = wave
+        return results
+
+    def _generate_long_form(self, texts: list[str], *, decode_audio: bool, chunk_seconds: float,
+                            tail_seconds: float, end_tag: bool, settings: dict[str, Any]) -> list[GenerationResult]:
+        n = len(texts)
+        per_row = {k: _per_row(k, v, n) for k, v in settings.items()}
+        requests = [Request(i, texts[i], long_form=True, chunk_seconds=chunk_seconds, tail_seconds=tail_seconds,
+                            end_tag=end_tag, **{k: v[i] for k, v in per_row.items()}) for i in range(n)]
+        results = sorted(self.stream(requests, slots=min(n, MAX_AUTO_SLOTS if self.device.type == "cuda"
+                                                          else CPU_SLOTS), decode_audio=decode_audio),
+                         key=lambda r: r.id)
+        problems = [f"row {r.id}: {r.error}" for r in results if r.error]
+        if problems:
+            raise DiaError("cannot generate: " + "; ".join(problems))
+        for r in results:
+            r.id = None
         return results
 
     def stream(self, requests: Iterable[Request], *, slots: int | None = None, decode_audio: bool = True,

@@ -13,7 +13,7 @@ import contextlib
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 import numpy as np
@@ -22,6 +22,7 @@ import torch
 from .engine import SlotState, slot_bytes
 from .errors import DiaError
 from .generate import RowRequest
+from .longform import ChunkId, LongForm, with_end_tag
 from .slots import Seat, SlotTable
 
 if TYPE_CHECKING:
@@ -89,7 +90,8 @@ def choose_slots(dia: "Dia", slots: int | None) -> int:
 
 
 def check_request(dia: "Dia", req: "Request") -> tuple[RowRequest | None, str | None]:
-    """(RowRequest, None), or (None, the problems) for one request, as generate() checks a row."""
+    """(RowRequest, None), or (None, the problems) for one request, as generate() checks a row.
+    (An ``end_tag`` request is checked with the tag appended: see :func:`apply_end_tag`.)"""
     problems: list[str] = []
     prompt = dia._prompt_codes([req.audio_prompt], problems)[0]
     row = {"cfg_scale": req.cfg_scale, "temperature": req.temperature, "top_p": req.top_p, "top_k": req.top_k,
@@ -98,6 +100,14 @@ def check_request(dia: "Dia", req: "Request") -> tuple[RowRequest | None, str | 
     if problems or request is None:
         return None, "; ".join(p.removeprefix("row 0: ") for p in problems)
     return request, None
+
+
+def apply_end_tag(req: "Request") -> tuple["Request", bool]:
+    """The request with the end tag appended when it asks for one (and it applies), and whether it did."""
+    if not getattr(req, "end_tag", False) or not isinstance(getattr(req, "text", None), str):
+        return req, False
+    text, applied = with_end_tag(req.text)
+    return replace(req, text=text, end_tag=False), applied
 
 
 def _result(dia: "Dia", seat: Seat, codes: np.ndarray | None, ended_by_eos: bool) -> "GenerationResult":
@@ -109,6 +119,7 @@ def _result(dia: "Dia", seat: Seat, codes: np.ndarray | None, ended_by_eos: bool
         settings={"cfg_scale": r.cfg_scale, "temperature": r.temperature, "top_p": r.top_p, "top_k": r.top_k,
                   "max_new_frames": r.max_new_frames},
         sample_rate=dia.sample_rate, frame_rate=dia.frame_rate, id=seat.request_id,
+        end_tag_applied=seat.extra.get("end_tag_applied", False),
     )
 
 
@@ -156,6 +167,8 @@ def stream_requests(dia: "Dia", requests: Iterable["Request"], *, slots: int | N
     step, graphed = _step_function(state, cuda_graphs)
     source = iter(requests)
     exhausted = False
+    follow_ups: deque["Request"] = deque()  # long form: the next chunk of a script whose chunk just finished
+    long_runs = 0  # long-form scripts under way
     codec = ThreadPoolExecutor(1, thread_name_prefix="dia-codec") if decode_audio and dia.codec else None
     # On CUDA the codec runs on its own stream, so its kernels overlap the decode steps'.
     codec_stream = torch.cuda.Stream(dia.device) if codec is not None and cuda else None
@@ -184,30 +197,46 @@ def stream_requests(dia: "Dia", requests: Iterable["Request"], *, slots: int | N
             # 1. fill free slots, pulling requests only now
             admit: list[tuple[int, Any, RowRequest]] = []
             free = table.free()
-            while len(admit) < len(free) and not exhausted:
+            while len(admit) < len(free) and (follow_ups or not exhausted):
+                if follow_ups:  # a started long script goes first: it holds finished chunks
+                    req = follow_ups.popleft()
+                else:
+                    try:
+                        req = next(source)
+                    except StopIteration:
+                        exhausted = True
+                        break
+                    if req is None:  # nothing ready yet: keep decoding, ask again next step
+                        break
+                    if getattr(req, "long_form", False):
+                        try:
+                            req = LongForm.start(dia, req).first()
+                            long_runs += 1
+                        except DiaError as e:
+                            yield _error_result(dia, req, str(e))
+                            continue
                 try:
-                    req = next(source)
-                except StopIteration:
-                    exhausted = True
-                    break
-                if req is None:  # nothing ready yet: keep decoding, ask again next step
-                    break
-                try:
+                    req, tagged = apply_end_tag(req)
                     row, problem = check_request(dia, req)
                 except Exception as e:  # a request object that is not a Request at all
-                    row, problem = None, f"{type(e).__name__}: {e}"
+                    row, problem, tagged = None, f"{type(e).__name__}: {e}", False
                 if problem is not None:
+                    if isinstance(req.id, ChunkId):  # the whole script fails, naming its chunk
+                        long_runs -= 1
+                        run = req.id.run
+                        problem = f"chunk {req.id.index + 1} of {len(run.chunks)}: {problem}"
+                        req = run.request
                     yield _error_result(dia, req, problem)
                     continue
-                admit.append((free[len(admit)], req, row))
+                admit.append((free[len(admit)], req, row, tagged))
             if admit:
                 stats.admissions += 1
-                state.admit([s for s, _, _ in admit], [row for _, _, row in admit])
-                for s, req, row in admit:
+                state.admit([s for s, _, _, _ in admit], [row for _, _, row, _ in admit])
+                for s, req, row, tagged in admit:
                     prompt = 0 if row.prompt is None else len(row.prompt)
-                    table.seat(s, Seat(req.id, row, prompt, prompt))
+                    table.seat(s, Seat(req.id, row, prompt, prompt, {"end_tag_applied": tagged}))
             if not table.occupied():
-                if exhausted:
+                if exhausted and not follow_ups:
                     break
                 yield from done_decoding(wait=False)
                 time.sleep(IDLE_POLL_S)  # an idle source and no work: wait for requests
@@ -221,8 +250,17 @@ def stream_requests(dia: "Dia", requests: Iterable["Request"], *, slots: int | N
             for s in table.collect():
                 seat = table.release(s)
                 out = state.output(s, seat.prompt_frames)
-                finished.append(_result(dia, seat, out.codes, out.ended_by_eos))
-            if exhausted and dia.device.type == "cpu" and 0 < table.occupied() < table.n:
+                result = _result(dia, seat, out.codes, out.ended_by_eos)
+                if isinstance(seat.request_id, ChunkId):  # one chunk of a long script: on to the next
+                    run = seat.request_id.run
+                    following = run.finished(result)
+                    if following is not None:
+                        follow_ups.append(following)
+                        continue
+                    long_runs -= 1
+                    result = run.result(result)
+                finished.append(result)
+            if exhausted and not long_runs and dia.device.type == "cpu" and 0 < table.occupied() < table.n:
                 state.compact(table.compact(), table.attention_length())  # the tail: fewer rows per step
                 stats.compactions += 1
             if finished:
