@@ -32,6 +32,29 @@ class AudioFormat(enum.Enum):
     mp3 = "mp3"
 
 
+class LongFormMode(enum.Enum):
+    """When a row's script is generated in chunks that carry the voices over (dia_model.longform)."""
+
+    auto = "auto"  # only scripts over one window (~35 s of speech or 1,024 bytes), which off refuses
+    on = "on"  # every script, in chunks of at most chunk_seconds
+    off = "off"  # never: a script over the window is that row's error
+
+
+class EndTagMode(enum.Enum):
+    """The seed's remedy for a cut-off last word: end the script with the second-to-last speaker's tag."""
+
+    auto = "auto"  # append it where the script has two or more turns and does not already end with a tag
+    off = "off"
+
+
+@dataclass
+class VoiceConfig:
+    """A named voice: a clip of one speaker (5-10 s works best) and what is said in it."""
+
+    audio: str = MISSING  # a local path (relative to where the job starts) or a URI (s3://...)
+    transcript: str = MISSING  # the clip's words, without a speaker tag (the row's role adds it)
+
+
 @dataclass
 class ModelConfig:
     """Which checkpoint each replica loads, and how."""
@@ -61,6 +84,11 @@ class GenerationConfig:
     # rows each replica decodes side by side (its engine's slots; a finished row's slot takes the next
     # row at once); None: as many as fit in the GPU's free memory (at most 256), 8 on a CPU replica
     batch_size: Optional[int] = None
+    long_form: LongFormMode = LongFormMode.auto
+    chunk_seconds: float = 20.0  # long form: expected speech per chunk at most (the seed's guideline: 5-20 s)
+    tail_seconds: float = 6.0  # long form: the end of each chunk that prompts the next (0: no carry-over)
+    max_script_seconds: float = 1800.0  # longer scripts (expected speech) are that row's error
+    end_tag: EndTagMode = EndTagMode.auto
 
 
 @dataclass
@@ -134,6 +162,9 @@ class JobConfig:
     output: OutputConfig = field(default_factory=OutputConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
+    # named voices for the voice / voice_s1 / voice_s2 columns (configs/voices/*.yaml or voices.NAME.audio=...)
+    # (values are checked into VoiceConfig by to_job_config: a typed dict would need Hydra's "+" per voice)
+    voices: Dict[str, Any] = field(default_factory=dict)
     overwrite: bool = False  # delete earlier results in output.dir and start over
     retry_errors: bool = False  # on resume, generate rows again that ended with status=error
 
@@ -145,7 +176,10 @@ def _example_path(name: str = "") -> str:
 def register() -> None:
     """Register the schema with Hydra's ConfigStore and the ``${pipeline_examples:...}`` and
     ``${pipeline_job_name:...}`` resolvers."""
-    ConfigStore.instance().store(name="pipeline_schema", node=JobConfig)
+    schema = OmegaConf.structured(JobConfig)
+    # voices is open: ``voices.alice.audio=...`` names a new voice without Hydra's ``+``
+    OmegaConf.set_struct(schema.voices, False)
+    ConfigStore.instance().store(name="pipeline_schema", node=schema)
     if not OmegaConf.has_resolver("pipeline_examples"):
         OmegaConf.register_new_resolver("pipeline_examples", _example_path)
     if not OmegaConf.has_resolver("pipeline_job_name"):
@@ -189,13 +223,38 @@ def to_job_config(cfg: Any) -> JobConfig:
         raise PipelineError(f"unknown setting{'s' if len(bad) > 1 else ''}: {'; '.join(bad)}")
     try:
         merged = OmegaConf.merge(OmegaConf.structured(JobConfig), cfg)
-        return OmegaConf.to_object(merged)  # type: ignore[return-value]
+        job: JobConfig = OmegaConf.to_object(merged)  # type: ignore[assignment]
     except MissingMandatoryValue as e:
         key = e.full_key or "a required setting"
         hint = _MISSING_HINTS.get(key, "")
         raise PipelineError(f"{key} is not set{hint}") from None
     except (ValidationError, ConfigKeyError, InterpolationResolutionError) as e:
         raise PipelineError(f"{e.full_key or 'config'}: {str(e).splitlines()[0]}") from None
+    job.voices = check_voices(job.voices)
+    return job
+
+
+def check_voices(voices: Any) -> dict[str, VoiceConfig]:
+    """``voices`` as name -> VoiceConfig, or a PipelineError saying which entry to fix and how."""
+    out: dict[str, VoiceConfig] = {}
+    fields = [f.name for f in dataclasses.fields(VoiceConfig)]
+    for name, entry in (voices or {}).items():
+        if isinstance(entry, VoiceConfig):
+            entry = dataclasses.asdict(entry)
+        example = f"voices.{name}.audio=clips/{name}.wav voices.{name}.transcript=\"...\""
+        if not isinstance(entry, dict):
+            raise PipelineError(f"voices.{name} must have audio and transcript, e.g. {example}")
+        unknown = sorted(set(entry) - set(fields))
+        if unknown:
+            close = difflib.get_close_matches(str(unknown[0]), fields, n=1)
+            hint = f" (did you mean voices.{name}.{close[0]}?)" if close else f" (known: {', '.join(fields)})"
+            raise PipelineError(f"unknown setting voices.{name}.{unknown[0]}{hint}")
+        for key in fields:
+            value = entry.get(key)
+            if not isinstance(value, str) or not value.strip():
+                raise PipelineError(f"voices.{name}.{key} is not set: a voice needs both, e.g. {example}")
+        out[str(name)] = VoiceConfig(audio=entry["audio"], transcript=entry["transcript"])
+    return out
 
 
 _MISSING_HINTS = {

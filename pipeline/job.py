@@ -12,7 +12,7 @@ from typing import Any, Optional
 
 from . import audio as audio_io
 from .cluster import connect, plan_replicas
-from .config import JobConfig, to_job_config, to_plain
+from .config import EndTagMode, JobConfig, to_job_config, to_plain
 from .errors import PipelineError
 from .hub_check import check_model_sources
 from .metadata import STATUS_ERROR, STATUS_OK, MetadataStore, base_record, error_record
@@ -24,6 +24,7 @@ from .resume import JOB_JSON, check_fingerprint, clear_outputs, fingerprint, rea
 from .rows import RowSpec
 from .scheduler import Scheduler
 from .storage import Storage, is_uri
+from .voices import VoiceClip, load_voices, voice_problems
 from .workqueue import WorkQueue
 
 log = logging.getLogger("pipeline")
@@ -79,6 +80,7 @@ class _Job:
         self.model_info: dict[str, Any] = {"source": cfg.model.source, "revision": cfg.model.revision}
         self.scheduler: Optional[Scheduler] = None
         self.plan: Optional[JobPlan] = None
+        self.voice_clips: dict[str, VoiceClip] = {}
         self.store: Optional[MetadataStore] = None
         self.progress: Optional[Progress] = None
         self.queue: Optional[WorkQueue] = None
@@ -121,9 +123,11 @@ class _Job:
             return False
         shard = self.plan.shards[self.next_shard]
         self.next_shard += 1
-        from dia_model import validate_script  # text checks only: no model is loaded here
+        from .scripts import script_checker  # text checks only: no model is loaded here
 
-        rows = plan_shard(self.cfg, self.plan, shard, self.job_seed, validate_script)
+        clips = self.voice_clips
+        rows = plan_shard(self.cfg, self.plan, shard, self.job_seed, script_checker(self.cfg.generation),
+                          lambda voices, prompt: voice_problems(voices, clips, prompt))
         todo, skipped = select_rows(rows, self.store.existing([shard.name]), self.storage, self.cfg.retry_errors)
         self.skipped += skipped
         self.progress.skip(skipped)
@@ -175,7 +179,8 @@ class _Job:
                 max_new_frames=r.max_new_frames if r.max_new_frames is not None else row.max_new_frames,
                 replica=result.replica.get("name"), node=result.replica.get("node"),
                 device=result.replica.get("device"), batch_rows=result.slots or len(result.rows),
-                generation_s=r.generation_s, decode_s=r.write_s,
+                generation_s=r.generation_s, decode_s=r.write_s, chunks=r.chunks, chunk_frames=r.chunk_frames,
+                end_tag_applied=r.end_tag_applied,
                 finished_at=datetime.now(timezone.utc), audio_bytes=r.audio_bytes if r.ok else None,
             )
             if r.ok:
@@ -200,6 +205,11 @@ class _Job:
         except ValueError as e:
             raise PipelineError(f"output.subtype: {e}") from e
         check_model_sources(cfg.model)  # before any folder is made or replica started
+        from .scripts import check_long_form_settings
+
+        problem = check_long_form_settings(cfg.generation)
+        if problem:
+            raise PipelineError(problem)
         self.storage.check_writable()  # credentials, bucket, permissions: before any model loads
         if cfg.overwrite:
             clear_outputs(self.storage)
@@ -216,6 +226,7 @@ class _Job:
             for r in previous.get("runs", [])
         ]
         self.plan = scan_plan(cfg)
+        self.voice_clips = load_voices(cfg.voices, int(cfg.data.prompt_max_mb * 2**20))
         self.storage.remove_temporaries("audio")
         self.storage.remove_temporaries("metadata")
         self.store = MetadataStore(self.storage, self.plan, embed_audio=cfg.output.embed_audio,
@@ -244,7 +255,12 @@ class _Job:
                                    torch_threads=rplan.torch_threads, audio_format=cfg.output.format.value,
                                    audio_subtype=cfg.output.subtype,
                                    slots=cfg.generation.batch_size or (None if rplan.use_gpu else CPU_REPLICA_SLOTS),
-                                   output=self.storage.root, embed_audio=cfg.output.embed_audio)
+                                   output=self.storage.root, embed_audio=cfg.output.embed_audio,
+                                   voices={n: (c.audio, c.transcript) for n, c in self.voice_clips.items()
+                                           if c.audio is not None},
+                                   chunk_seconds=cfg.generation.chunk_seconds,
+                                   tail_seconds=cfg.generation.tail_seconds,
+                                   end_tag=cfg.generation.end_tag == EndTagMode.auto)
 
         prompts = PromptStore(timeout_s=cfg.data.prompt_timeout_s, max_bytes=int(cfg.data.prompt_max_mb * 2**20))
         self.scheduler = Scheduler(

@@ -24,6 +24,7 @@ from .inputs import Shard, check_schemas, resolve_inputs
 from .metadata import OWN_COLUMNS
 from .rows import MISSING_TEXT, OVERRIDES, PROMPT_COLUMNS, RowSpec, make_row, parse_cells, parse_number
 from .sweep import sweep_points
+from .voices import VOICE_COLUMNS
 
 
 @dataclass
@@ -71,7 +72,7 @@ def check_defaults(cfg: JobConfig) -> None:
 
 
 def _carried_columns(schema: pa.Schema, cfg: JobConfig) -> tuple[list[str], dict[str, str]]:
-    consumed = {cfg.data.text_column, cfg.data.id_column, *OVERRIDES, *PROMPT_COLUMNS}
+    consumed = {cfg.data.text_column, cfg.data.id_column, *OVERRIDES, *PROMPT_COLUMNS, *VOICE_COLUMNS}
     names = [n for n in schema.names if n not in consumed]
     renamed = {}
     for n in names:
@@ -197,9 +198,12 @@ def _read_shard(shard: Shard, size: int) -> pa.Table:
 
 
 def plan_shard(cfg: JobConfig, plan: JobPlan, shard: Shard, job_seed: int,
-               check_script: Callable[[str], list[str]]) -> list[RowSpec]:
+               check_script: Callable[[str], list[str]],
+               voice_check: Optional[Callable[[Any, Optional[str]], list[str]]] = None) -> list[RowSpec]:
     """Turn one shard into its RowSpecs (each row at each sweep point, with a unique key and file
-    name), kept in ``plan.loaded`` with its carried-through columns until ``plan.release``."""
+    name), kept in ``plan.loaded`` with its carried-through columns until ``plan.release``.
+    ``voice_check(voices, audio_prompt)``: the problems of a row's named voices."""
+    from .scripts import is_long
     table = _read_shard(shard, plan.sizes[shard.name])
     ext = cfg.output.format.value
     raw, id_problems = (read_cells(table, cfg.data.id_column) if cfg.data.id_column in table.column_names
@@ -214,7 +218,8 @@ def plan_shard(cfg: JobConfig, plan: JobPlan, shard: Shard, job_seed: int,
         for i, problem in problems.items():
             bad_cells[i].append(problem)
     columns, bad_text = {}, set()
-    for name, src in [("text", cfg.data.text_column), *((c, c) for c in (*OVERRIDES, *PROMPT_COLUMNS))]:
+    for name, src in [("text", cfg.data.text_column),
+                      *((c, c) for c in (*OVERRIDES, *PROMPT_COLUMNS, *VOICE_COLUMNS))]:
         if src in table.column_names:
             columns[name], problems = read_cells(table, src)
             for i, problem in problems.items():
@@ -228,6 +233,9 @@ def plan_shard(cfg: JobConfig, plan: JobPlan, shard: Shard, job_seed: int,
         parsed = parse_cells({name: values[i] for name, values in columns.items()}, check_script)
         if i in bad_cells:  # an undecodable text cell is not also "missing"
             parsed.problems = bad_cells[i] + [p for p in parsed.problems if i not in bad_text or p != MISSING_TEXT]
+        if voice_check is not None:
+            parsed.problems += voice_check(parsed.voices, parsed.audio_prompt)
+        long_form = parsed.text is not None and is_long(cfg.generation, parsed.script)
         for p, (tag, values) in enumerate(plan.points):
             key = base_key if tag is None else f"{base_key}|{tag}"
             stem = stems.allocate(row_id, unique=base_key, suffix=f"__{tag}" if tag else "")
@@ -235,6 +243,7 @@ def plan_shard(cfg: JobConfig, plan: JobPlan, shard: Shard, job_seed: int,
                 parsed=parsed, key=key, row_id=row_id, shard=shard.name, shard_folder=shard.folder_uri,
                 row_index=i, point=p, sweep_point=tag, sweep_values=values, defaults=cfg.generation,
                 job_seed=job_seed, seed_key=base_key, audio_path=f"audio/{shard.name}/{stem}.{ext}",
+                long_form=long_form,
             ))
     plan.loaded[shard.name] = rows
     return rows

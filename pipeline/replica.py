@@ -20,7 +20,7 @@ import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterator, Optional
 
 from . import audio as audio_io
@@ -44,6 +44,10 @@ class ReplicaSettings:
     slots: Optional[int]  # rows decoded side by side (None: the engine sizes it)
     output: str = ""  # the job's output location; "" = send audio bytes to the driver instead
     embed_audio: bool = False  # also send the bytes back (the metadata embeds them)
+    voices: dict[str, tuple[bytes, str]] = field(default_factory=dict)  # name -> (clip file bytes, transcript)
+    chunk_seconds: float = 20.0  # long-form rows: see GenerationConfig
+    tail_seconds: float = 6.0
+    end_tag: bool = False  # append the second-to-last speaker's tag (the seed's cut-off remedy)
 
 
 @dataclass
@@ -66,6 +70,9 @@ class RowResult:
     fatal: bool = False  # a write error every other row would hit too: the driver stops the job
     generation_s: Optional[float] = None  # from taking a slot to its codes and waveform
     write_s: Optional[float] = None  # encoding and writing its file
+    chunks: Optional[int] = None  # long form: how many chunks the script ran in
+    chunk_frames: Optional[list[int]] = None  # ... and the new frames of each
+    end_tag_applied: Optional[bool] = None
 
 
 @dataclass
@@ -86,6 +93,7 @@ class _Prepared:
     prompt: Any  # None or prompt codes
     prompt_frames: int
     outbox: "queue.Queue[RowResult]"
+    transcript: Optional[str] = None  # the prompt's transcript (the row's own, or its voices')
     seated_at: float = 0.0
 
 
@@ -130,6 +138,7 @@ class Replica:
             self.model_info["source"] = f"{TINY_RANDOM} (seed {settings.model.tiny_seed})"
         self.storage = Storage(settings.output) if settings.output else None
         self._prompts: dict[str, tuple[Any, int]] = {}
+        self._voices: dict[str, Any] = {}  # voice name -> prompt codes, encoded on first use
         self._prompt_lock = threading.Lock()
         self._inbox: "queue.Queue[_Prepared]" = queue.Queue()
         self._seated: dict[str, _Prepared] = {}  # rows the engine has pulled and not yet delivered
@@ -172,15 +181,38 @@ class Replica:
                 self._prompts[uri] = (codes, len(codes))
             return self._prompts[uri]
 
+    def voice_prompt(self, voices: Any) -> tuple[Any, str]:
+        """(prompt codes, prompt transcript) for a row's (S1, S2) voice names: each voice's clip is
+        encoded once per replica, and the codes of the voices named are joined in role order."""
+        import numpy as np
+
+        from .voices import voice_transcript
+
+        codes = []
+        with self._prompt_lock:
+            for name in voices:
+                if name is None:
+                    continue
+                if name not in self._voices:
+                    if name not in self.settings.voices:
+                        raise KeyError(f"voice {name!r} was not sent to this replica")
+                    self._voices[name] = self.model.encode_audio([self.settings.voices[name][0]])[0]
+                codes.append(self._voices[name])
+        transcripts = {n: t for n, (_, t) in self.settings.voices.items()}
+        return np.concatenate(codes), voice_transcript(tuple(voices), transcripts)
+
     def _prepare(self, row: RowSpec, prompts: dict[str, Any], outbox: "queue.Queue[RowResult]") -> Any:
         """A row ready for the engine (_Prepared), or the RowResult that says why it cannot run."""
-        prompt, prompt_frames = None, 0
+        prompt, prompt_frames, transcript = None, 0, row.prompt_transcript
         try:
-            if row.prompt_uri:
+            if row.voices:
+                prompt, transcript = self.voice_prompt(row.voices)
+                prompt_frames = len(prompt)
+            elif row.prompt_uri:
                 prompt, prompt_frames = self._prompt(row.prompt_uri, prompts[row.prompt_uri])
         except Exception as e:
-            return RowResult(row.key, False, f"audio_prompt {row.audio_prompt!r} cannot be used: {_message(e)}",
-                             seed=row.seed)
+            what = f"voices {row.voices}" if row.voices else f"audio_prompt {row.audio_prompt!r}"
+            return RowResult(row.key, False, f"{what} cannot be used: {_message(e)}", seed=row.seed)
         limit = self.model.max_new_frames_limit(prompt_frames)
         max_new = row.max_new_frames
         if max_new is None and row.max_seconds is not None:
@@ -192,7 +224,7 @@ class Replica:
         if max_new is not None and max_new > limit:
             return RowResult(row.key, False, f"max_new_frames={max_new} is too large: at most {limit} after a "
                              f"{prompt_frames}-frame prompt", seed=row.seed, prompt_frames=prompt_frames)
-        return _Prepared(row, max_new, prompt, prompt_frames, outbox)
+        return _Prepared(row, max_new, prompt, prompt_frames, outbox, transcript)
 
     # -- the engine thread ------------------------------------------------------------------
     def _requests(self) -> Iterator[Any]:
@@ -227,7 +259,9 @@ class Replica:
             r = p.row
             yield Request(id=r.key, text=r.text, cfg_scale=r.cfg_scale, temperature=r.temperature, top_p=r.top_p,
                           top_k=r.top_k, max_new_frames=p.max_new_frames, seed=r.seed, audio_prompt=p.prompt,
-                          prompt_transcript=r.prompt_transcript)
+                          prompt_transcript=p.transcript, long_form=r.long_form,
+                          chunk_seconds=self.settings.chunk_seconds, tail_seconds=self.settings.tail_seconds,
+                          end_tag=self.settings.end_tag)
 
     def _admitted(self, p: _Prepared) -> None:
         """Called on the engine thread as a row takes a slot (a hook for fault-injection tests)."""
@@ -264,7 +298,9 @@ class Replica:
                 res = self.model.generate(
                     r.text, cfg_scale=r.cfg_scale, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
                     max_new_frames=p.max_new_frames, seed=r.seed, audio_prompts=[p.prompt],
-                    prompt_transcripts=r.prompt_transcript, decode_audio=True)[0]
+                    prompt_transcripts=p.transcript, decode_audio=True, long_form=r.long_form,
+                    chunk_seconds=self.settings.chunk_seconds, tail_seconds=self.settings.tail_seconds,
+                    end_tag=self.settings.end_tag)[0]
             except Exception as e:
                 p.outbox.put(RowResult(p.row.key, False, f"generation failed: {_message(e)} (the batch it ran in "
                                        f"failed first: {_message(error)})", seed=p.row.seed,
@@ -290,7 +326,10 @@ class Replica:
         if res.error:
             return RowResult(p.row.key, False, res.error, seed=p.row.seed, prompt_frames=p.prompt_frames)
         common = dict(seed=res.seed, frames=res.frames, ended_by_eos=res.ended_by_eos, prompt_frames=res.prompt_frames,
-                      max_new_frames=(res.settings or {}).get("max_new_frames", p.max_new_frames))
+                      max_new_frames=(res.settings or {}).get("max_new_frames", p.max_new_frames),
+                      end_tag_applied=res.end_tag_applied)
+        if res.chunks is not None:
+            common.update(chunks=len(res.chunks), chunk_frames=[c.frames for c in res.chunks])
         if res.frames == 0:
             return RowResult(p.row.key, False, "the model produced no audio frames", **common)
         if res.audio is None:

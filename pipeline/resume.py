@@ -42,7 +42,9 @@ def fingerprint(cfg: JobConfig, job_seed: int) -> dict[str, Any]:
         "model.source": model["source"], "model.revision": model["revision"],
         "model.codec_source": model["codec_source"],
         **{f"generation.{k}": gen[k] for k in ("cfg_scale", "temperature", "top_p", "top_k",
-                                               "max_new_frames", "max_seconds")},
+                                               "max_new_frames", "max_seconds", "long_form", "chunk_seconds",
+                                               "tail_seconds", "end_tag")},
+        "voices": {name: [v["audio"], v["transcript"]] for name, v in sorted((plain.get("voices") or {}).items())},
         "job_seed": job_seed,
         **{f"sweep.{k}": v for k, v in plain["sweep"].items()},
         "output.format": plain["output"]["format"], "output.subtype": plain["output"]["subtype"],
@@ -52,12 +54,21 @@ def fingerprint(cfg: JobConfig, job_seed: int) -> dict[str, Any]:
     return out
 
 
+LEGACY: dict[str, Any] = {
+    "generation.long_form": "auto",  # earlier versions refused what auto chunks: those rows were errors
+    "generation.chunk_seconds": 20.0, "generation.tail_seconds": 6.0,
+    "generation.end_tag": "off", "voices": {},
+}
+
+
 def check_fingerprint(previous: dict[str, Any], current: dict[str, Any], job_dir: Any) -> None:
     """Refuse to mix settings in one job directory."""
     before = previous.get("fingerprint")
     if not before:
         return
-    changed = [f"{k}: {before.get(k)!r} -> {v!r}" for k, v in current.items() if before.get(k) != v]
+    # jobs started before a setting existed ran as its LEGACY value
+    changed = [f"{k}: {before.get(k, LEGACY.get(k))!r} -> {v!r}" for k, v in current.items()
+               if before.get(k, LEGACY.get(k)) != v]
     if changed:
         raise PipelineError(
             f"{job_dir} holds a job made with other settings ({'; '.join(changed)}). "

@@ -50,6 +50,8 @@ class RowSpec:
     prompt_transcript: Optional[str]
     audio_path: str  # relative to the job directory
     problems: list[str] = field(default_factory=list)  # found before generation: the row gets status=error
+    long_form: bool = False  # generated in chunks that carry the voices over (generation.long_form)
+    voices: Optional[tuple[Optional[str], Optional[str]]] = None  # named voices for [S1], [S2]
 
     @property
     def expected_bytes(self) -> int:
@@ -165,10 +167,20 @@ class ParsedCells:
     audio_prompt: Optional[str]
     prompt_transcript: Optional[str]
     problems: list[str]
+    voices: Optional[tuple[Optional[str], Optional[str]]] = None
+
+    @property
+    def script(self) -> Optional[str]:
+        """The text the model reads: the prompt transcript (if any), then the row's text."""
+        if self.text is None or not self.prompt_transcript:
+            return self.text
+        return f"{self.prompt_transcript.rstrip()} {self.text.lstrip()}"
 
 
 def parse_cells(cells: dict[str, Any], check_script: Callable[[str], list[str]]) -> ParsedCells:
-    """Parse a row's text, overrides and prompt columns; collect every problem instead of raising."""
+    """Parse a row's text, overrides, prompt and voice columns; collect every problem instead of raising."""
+    from .voices import row_voices
+
     problems: list[str] = []
     text, problem = _text_cell("text", cells.get("text"))
     problems += [problem] if problem else []
@@ -180,12 +192,15 @@ def parse_cells(cells: dict[str, Any], check_script: Callable[[str], list[str]])
     problems += [problem] if problem else []
     transcript, problem = _text_cell("prompt_transcript", cells.get("prompt_transcript"))
     problems += [problem] if problem else []
+    voices, voice_problems = row_voices(cells)
+    problems += voice_problems
+    parsed = ParsedCells(text, values, prompt if prompt and prompt.strip() else None, transcript, problems, voices)
     if text is None:
         if not any(p.startswith("text") for p in problems):
             problems.append(MISSING_TEXT)
     else:
-        problems += check_script(f"{transcript.rstrip()} {text.lstrip()}" if transcript else text)
-    return ParsedCells(text, values, prompt if prompt and prompt.strip() else None, transcript, problems)
+        problems += check_script(parsed.script)
+    return parsed
 
 
 def _length_cap(parsed: ParsedCells, sweep_values: dict[str, Any],
@@ -218,6 +233,7 @@ def make_row(
     job_seed: int,
     seed_key: str,
     audio_path: str,
+    long_form: bool = False,
 ) -> RowSpec:
     """One RowSpec: a parsed row at one sweep point (sweep values beat the row's, which beat the job's)."""
 
@@ -240,4 +256,5 @@ def make_row(
         max_new_frames=max_new_frames, max_seconds=max_seconds, audio_prompt=prompt,
         prompt_uri=resolve_prompt_uri(prompt, shard_folder) if prompt else None,
         prompt_transcript=parsed.prompt_transcript, audio_path=audio_path, problems=list(parsed.problems),
+        long_form=long_form, voices=parsed.voices,
     )
