@@ -32,6 +32,9 @@ ORIGINAL_WEIGHTS_NAME = "weights_44khz_8kbps_0.0.1.pth"
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 GPU_BATCH_FRAMES = 4096  # default cap per forward off CPU: ~5 GB of float32 activations
+# Longer items (a long-form script: 30 min is ~155k frames) are decoded in overlapping windows of
+# this many frames; whole, the last layers alone would need ~20 GB of activations.
+MAX_ITEM_FRAMES = 8192
 
 # Kernel sizes and dilations fixed by DacModel's architecture (not by its config); they
 # bound how far one frame influences its neighbours (see DacCodec._context_frames).
@@ -242,10 +245,37 @@ class DacCodec:
             ).audio_values
             return audio.unsqueeze(1)
 
+        pieces, spans = self._windows(items, frames, self._decoder_context)
         audio = self._run_batched(
-            items, frames, 1, self.hop_length, 1, forward, self._decoder_context
+            pieces, [p.shape[1] for p in pieces], 1, self.hop_length, 1, forward, self._decoder_context
         )
-        return [a[0].to(device="cpu", dtype=torch.float32).numpy() for a in audio]
+        waves = []
+        for parts in spans:  # an item's windows, each trimmed to the frames it decodes exactly
+            cut = [audio[k][0, lo * self.hop_length: hi * self.hop_length] for k, lo, hi in parts]
+            waves.append(torch.cat(cut).to(device="cpu", dtype=torch.float32).numpy())
+        return waves
+
+    def _windows(self, items: list[torch.Tensor], frames: list[int],
+                 context: int) -> tuple[list[torch.Tensor], list[list[tuple[int, int, int]]]]:
+        """Items over ``MAX_ITEM_FRAMES`` cut into overlapping windows: each window carries ``context``
+        frames on either side of the stretch it keeps, so every kept frame has all its inputs and the
+        joined result equals decoding the item whole. Returns the pieces and, per item, its
+        (piece, first kept frame, end) triples."""
+        step = max(MAX_ITEM_FRAMES - 2 * context, 1)
+        pieces: list[torch.Tensor] = []
+        spans: list[list[tuple[int, int, int]]] = []
+        for item, n in zip(items, frames):
+            if n <= MAX_ITEM_FRAMES:
+                spans.append([(len(pieces), 0, n)])
+                pieces.append(item)
+                continue
+            parts = []
+            for start in range(0, n, step):
+                lo, hi = max(0, start - context), min(n, start + step + context)
+                parts.append((len(pieces), start - lo, min(start + step, n) - lo))
+                pieces.append(item[:, lo:hi])
+            spans.append(parts)
+        return pieces, spans
 
     def _run_batched(
         self,

@@ -325,3 +325,15 @@ def test_original_pth_checkpoint(tmp_path, codec):
 def _with(codec: DacCodec, **settings) -> DacCodec:
     """The same weights with other batching settings."""
     return DacCodec(codec.model, **settings)
+
+
+def test_a_long_item_decoded_in_windows_equals_it_decoded_whole(codec, monkeypatch):
+    import dia_model.codec as codec_module
+
+    codes = [_codes(230, 7), _codes(61, 8), _codes(20, 9)]
+    whole = codec.decode(codes)
+    monkeypatch.setattr(codec_module, "MAX_ITEM_FRAMES", 60)  # 230 frames: five overlapping windows
+    windowed = codec.decode(codes)
+    for a, b in zip(whole, windowed):
+        assert b.shape == a.shape
+        np.testing.assert_allclose(b, a, atol=TOLERANCE, rtol=0)
