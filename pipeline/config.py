@@ -141,6 +141,20 @@ class ClusterConfig:
 
 
 @dataclass
+class QualityConfig:
+    """Per-row metrics and the gates a row must pass (null: that gate is off); see pipeline/quality.py."""
+
+    metrics: bool = True  # compute the signal metrics of every row (duration, speaking rate, silences, ...)
+    speaking_rate: Optional[List[float]] = None  # [low, high] words per second of audio
+    max_silence_s: Optional[float] = None  # longest silence inside the row
+    max_edge_silence_s: Optional[float] = None  # leading or trailing silence
+    max_clipping: Optional[float] = None  # share of samples at full scale
+    loudness_lufs: Optional[List[float]] = None  # [low, high] ITU-R BS.1770 integrated loudness
+    duration_s: Optional[List[float]] = None  # [low, high] seconds of audio
+    retries: int = 0  # a row failing a gate is generated again up to this many times (new derived seeds)
+
+
+@dataclass
 class SweepConfig:
     """In-job grid: every row is generated once per point of the product of the non-empty lists."""
 
@@ -162,6 +176,7 @@ class JobConfig:
     output: OutputConfig = field(default_factory=OutputConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
+    quality: QualityConfig = field(default_factory=QualityConfig)
     # named voices for the voice / voice_s1 / voice_s2 columns (configs/voices/*.yaml or voices.NAME.audio=...)
     # (values are checked into VoiceConfig by to_job_config: a typed dict would need Hydra's "+" per voice)
     voices: Dict[str, Any] = field(default_factory=dict)

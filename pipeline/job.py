@@ -15,8 +15,9 @@ from .cluster import connect, plan_replicas
 from .config import EndTagMode, JobConfig, to_job_config, to_plain
 from .errors import PipelineError
 from .hub_check import check_model_sources
-from .metadata import STATUS_ERROR, STATUS_OK, MetadataStore, base_record, error_record
+from .metadata import STATUS_ERROR, STATUS_OK, STATUS_REJECTED, MetadataStore, base_record, error_record
 from .plan import JobPlan, plan_shard, scan_plan
+from .quality import check_settings as check_quality_settings, gates_on
 from .progress import Progress, format_summary, group_errors
 from .prompts import PromptStore
 from .replica import BatchResult, Replica, ReplicaSettings
@@ -173,14 +174,16 @@ class _Job:
                 continue
             record = base_record(row, model)
             record.update(
-                status=STATUS_OK if r.ok else STATUS_ERROR, error=r.error, attempts=self.queue.attempts.get(row.key, 0),
+                status=STATUS_REJECTED if r.rejected else STATUS_OK if r.ok else STATUS_ERROR, error=r.error, attempts=self.queue.attempts.get(row.key, 0),
                 sample_rate=r.sample_rate, duration_s=r.duration_s, frames=r.frames, ended_by_eos=r.ended_by_eos,
                 seed=r.seed if r.seed is not None else row.seed, prompt_frames=r.prompt_frames,
                 max_new_frames=r.max_new_frames if r.max_new_frames is not None else row.max_new_frames,
                 replica=result.replica.get("name"), node=result.replica.get("node"),
                 device=result.replica.get("device"), batch_rows=result.slots or len(result.rows),
                 generation_s=r.generation_s, decode_s=r.write_s, chunks=r.chunks, chunk_frames=r.chunk_frames,
-                end_tag_applied=r.end_tag_applied,
+                end_tag_applied=r.end_tag_applied, quality_seeds=r.quality_seeds,
+                quality_attempts=len(r.quality_seeds) if r.quality_seeds else None,
+                **{k: v for k, v in (r.metrics or {}).items() if k != "duration_s"},  # that one is there
                 finished_at=datetime.now(timezone.utc), audio_bytes=r.audio_bytes if r.ok else None,
             )
             if r.ok:
@@ -207,7 +210,7 @@ class _Job:
         check_model_sources(cfg.model)  # before any folder is made or replica started
         from .scripts import check_long_form_settings
 
-        problem = check_long_form_settings(cfg.generation)
+        problem = check_long_form_settings(cfg.generation) or check_quality_settings(cfg.quality)
         if problem:
             raise PipelineError(problem)
         self.storage.check_writable()  # credentials, bucket, permissions: before any model loads
@@ -260,7 +263,8 @@ class _Job:
                                            if c.audio is not None},
                                    chunk_seconds=cfg.generation.chunk_seconds,
                                    tail_seconds=cfg.generation.tail_seconds,
-                                   end_tag=cfg.generation.end_tag == EndTagMode.auto)
+                                   end_tag=cfg.generation.end_tag == EndTagMode.auto,
+                                   quality=cfg.quality if cfg.quality.metrics or gates_on(cfg.quality) else None)
 
         prompts = PromptStore(timeout_s=cfg.data.prompt_timeout_s, max_bytes=int(cfg.data.prompt_max_mb * 2**20))
         self.scheduler = Scheduler(

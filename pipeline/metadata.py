@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
 STATUS_OK = "ok"
 STATUS_ERROR = "error"
+STATUS_REJECTED = "rejected"  # audio came out, but its best attempt failed a quality gate
 
 OWN_SCHEMA = pa.schema([
     ("id", pa.string()),
@@ -59,6 +60,14 @@ OWN_SCHEMA = pa.schema([
     ("chunks", pa.int32()),
     ("chunk_frames", pa.list_(pa.int64())),
     ("end_tag_applied", pa.bool_()),
+    ("speaking_rate_wps", pa.float64()),
+    ("leading_silence_s", pa.float64()),
+    ("trailing_silence_s", pa.float64()),
+    ("max_inner_silence_s", pa.float64()),
+    ("clipping_ratio", pa.float64()),
+    ("loudness_lufs", pa.float64()),
+    ("quality_attempts", pa.int32()),
+    ("quality_seeds", pa.list_(pa.int64())),
     ("text", pa.string()),
     ("model_source", pa.string()),
     ("model_revision", pa.string()),

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator, Optional
 
 from . import audio as audio_io
-from .config import TINY_RANDOM, ModelConfig
+from .config import TINY_RANDOM, ModelConfig, QualityConfig
 from .rows import RowSpec, unpack_rows
 from .storage import Storage, job_wide
 
@@ -48,6 +48,7 @@ class ReplicaSettings:
     chunk_seconds: float = 20.0  # long-form rows: see GenerationConfig
     tail_seconds: float = 6.0
     end_tag: bool = False  # append the second-to-last speaker's tag (the seed's cut-off remedy)
+    quality: Optional[QualityConfig] = None  # metrics and gates (None: neither)
 
 
 @dataclass
@@ -73,6 +74,9 @@ class RowResult:
     chunks: Optional[int] = None  # long form: how many chunks the script ran in
     chunk_frames: Optional[list[int]] = None  # ... and the new frames of each
     end_tag_applied: Optional[bool] = None
+    rejected: bool = False  # audio came out but its best attempt failed a quality gate (error says which)
+    metrics: Optional[dict[str, Any]] = None  # pipeline.metrics.row_metrics of the kept attempt
+    quality_seeds: Optional[list[int]] = None  # the seed of every attempt, in order
 
 
 @dataclass
@@ -95,6 +99,16 @@ class _Prepared:
     outbox: "queue.Queue[RowResult]"
     transcript: Optional[str] = None  # the prompt's transcript (the row's own, or its voices')
     seated_at: float = 0.0
+    attempt: int = 0  # quality retries: 0 is the row's own seed
+    generation_s: float = 0.0  # over every attempt
+    tries: list[int] = field(default_factory=list)  # seeds of the attempts judged so far
+    best: Any = None  # (score, result, metrics, failures) of the best attempt so far
+
+    @property
+    def seed(self) -> int:
+        from .quality import retry_seed
+
+        return retry_seed(self.row.seed, self.attempt)
 
 
 def _message(e: BaseException) -> str:
@@ -258,7 +272,7 @@ class Replica:
             self._admitted(p)
             r = p.row
             yield Request(id=r.key, text=r.text, cfg_scale=r.cfg_scale, temperature=r.temperature, top_p=r.top_p,
-                          top_k=r.top_k, max_new_frames=p.max_new_frames, seed=r.seed, audio_prompt=p.prompt,
+                          top_k=r.top_k, max_new_frames=p.max_new_frames, seed=p.seed, audio_prompt=p.prompt,
                           prompt_transcript=p.transcript, long_form=r.long_form,
                           chunk_seconds=self.settings.chunk_seconds, tail_seconds=self.settings.tail_seconds,
                           end_tag=self.settings.end_tag)
@@ -297,7 +311,7 @@ class Replica:
                 r = p.row
                 res = self.model.generate(
                     r.text, cfg_scale=r.cfg_scale, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
-                    max_new_frames=p.max_new_frames, seed=r.seed, audio_prompts=[p.prompt],
+                    max_new_frames=p.max_new_frames, seed=p.seed, audio_prompts=[p.prompt],
                     prompt_transcripts=p.transcript, decode_audio=True, long_form=r.long_form,
                     chunk_seconds=self.settings.chunk_seconds, tail_seconds=self.settings.tail_seconds,
                     end_tag=self.settings.end_tag)[0]
@@ -311,8 +325,13 @@ class Replica:
     # -- finishing a row (writer threads) ---------------------------------------------------
     def _finish(self, p: _Prepared, res: Any) -> None:
         start = time.perf_counter()
-        generation_s = start - p.seated_at if p.seated_at else None
+        p.generation_s += start - p.seated_at if p.seated_at else 0.0
+        generation_s = p.generation_s or None
         try:
+            if self.settings.quality is not None and not res.error and res.frames and res.audio is not None:
+                if self._judge(p, res):
+                    return  # generated again with the next seed; the row is finished later
+                res = p.best[1]
             out = self._result(p, res)
         except BaseException as e:  # never leave a unit waiting for a row
             out = RowResult(p.row.key, False, f"finishing the row failed: {_message(e)}", seed=p.row.seed)
@@ -321,6 +340,25 @@ class Replica:
         with self._lock:
             self._write_s += took
         p.outbox.put(out)
+
+    def _judge(self, p: _Prepared, res: Any) -> bool:
+        """Measure this attempt and keep it if it is the best so far. True when the row failed a gate
+        and has retries left: it is queued again (same key, next derived seed)."""
+        from .metrics import row_metrics
+        from .quality import check, score
+
+        q = self.settings.quality
+        metrics = row_metrics(res.audio, self.model.sample_rate, p.row.text or "")
+        failures = check(metrics, q)
+        p.tries.append(res.seed)
+        if p.best is None or score(failures) < p.best[0]:
+            p.best = (score(failures), res, metrics, failures)
+        if failures and p.attempt < q.retries:
+            p.attempt += 1
+            p.seated_at = 0.0
+            self._inbox.put(p)
+            return True
+        return False
 
     def _result(self, p: _Prepared, res: Any) -> RowResult:
         if res.error:
@@ -341,6 +379,13 @@ class Replica:
             return RowResult(p.row.key, False, f"audio encoding failed: {_message(e)}", **common)
         out = RowResult(p.row.key, True, sample_rate=sr, duration_s=len(res.audio) / sr, audio_bytes=len(data),
                         **common)
+        if p.best is not None:  # quality: the kept attempt's metrics, every attempt's seed
+            _, _, out.metrics, failures = p.best
+            out.quality_seeds = list(p.tries)
+            if failures:
+                out.rejected = True
+                out.error = "quality gates failed after {} attempt{}: {}".format(
+                    len(p.tries), "s" if len(p.tries) > 1 else "", "; ".join(f.message for f in failures))
         if self.storage is None or self.settings.embed_audio:
             out.audio = data
         if self.storage is not None:

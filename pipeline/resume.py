@@ -6,7 +6,7 @@ from typing import Any, Optional
 
 from .config import TINY_RANDOM, JobConfig, to_plain
 from .errors import PipelineError
-from .metadata import STATUS_ERROR, STATUS_OK, Existing
+from .metadata import STATUS_ERROR, STATUS_OK, STATUS_REJECTED, Existing
 from .rows import RowSpec
 from .storage import Storage
 
@@ -44,6 +44,7 @@ def fingerprint(cfg: JobConfig, job_seed: int) -> dict[str, Any]:
         **{f"generation.{k}": gen[k] for k in ("cfg_scale", "temperature", "top_p", "top_k",
                                                "max_new_frames", "max_seconds", "long_form", "chunk_seconds",
                                                "tail_seconds", "end_tag")},
+        "quality": {k: v for k, v in (plain.get("quality") or {}).items() if k != "metrics"},
         "voices": {name: [v["audio"], v["transcript"]] for name, v in sorted((plain.get("voices") or {}).items())},
         "job_seed": job_seed,
         **{f"sweep.{k}": v for k, v in plain["sweep"].items()},
@@ -58,6 +59,8 @@ LEGACY: dict[str, Any] = {
     "generation.long_form": "auto",  # earlier versions refused what auto chunks: those rows were errors
     "generation.chunk_seconds": 20.0, "generation.tail_seconds": 6.0,
     "generation.end_tag": "off", "voices": {},
+    "quality": {"speaking_rate": None, "max_silence_s": None, "max_edge_silence_s": None, "max_clipping": None,
+                "loudness_lufs": None, "duration_s": None, "retries": 0},
 }
 
 
@@ -92,7 +95,7 @@ def select_rows(rows: list[RowSpec], existing: dict[str, Existing], storage: Sto
         prev: Optional[Existing] = existing.get(row.key)
         if prev is not None and (
             (prev.status == STATUS_OK and prev.audio_path and prev.audio_path in present)
-            or (prev.status == STATUS_ERROR and not retry_errors)
+            or (prev.status in (STATUS_ERROR, STATUS_REJECTED) and not retry_errors)
         ):
             done += 1
         else:

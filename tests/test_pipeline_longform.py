@@ -131,3 +131,19 @@ def test_the_same_voice_gives_the_same_prompt_codes_on_two_replicas(ray_local, p
 
 def to_job_config_model(cache_dir: Path) -> ModelConfig:
     return ModelConfig(name="tiny-random", source="tiny-random", cache_dir=str(cache_dir))
+
+
+def test_a_voice_clip_over_ten_seconds_is_read_with_a_warning(tmp_path, caplog):
+    from pipeline.config import VoiceConfig
+    from pipeline.voices import load_voices
+
+    sf.write(tmp_path / "long.wav", np.zeros(44100 * 12, dtype=np.float32), 44100)
+    sf.write(tmp_path / "ok.wav", np.zeros(44100 * 6, dtype=np.float32), 44100)
+    with caplog.at_level("WARNING"):
+        clips = load_voices({"long": VoiceConfig(str(tmp_path / "long.wav"), "Twelve seconds."),
+                             "ok": VoiceConfig(str(tmp_path / "ok.wav"), "[S2] Six seconds."),
+                             "gone": VoiceConfig(str(tmp_path / "missing.wav"), "Nothing.")}, 1 << 26)
+    assert clips["long"].audio is not None and round(clips["long"].seconds) == 12
+    assert "voice 'long'" in caplog.text and "5-10 s" in caplog.text and "voice 'ok'" not in caplog.text
+    assert clips["ok"].transcript == "Six seconds."  # a leading tag is dropped: the row's role adds one
+    assert clips["gone"].audio is None and "voice 'gone': clip file not found" in clips["gone"].problem
