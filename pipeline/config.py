@@ -115,6 +115,7 @@ class OutputConfig:
     flush_rows: int = 256  # write a metadata part after this many finished rows ...
     flush_seconds: float = 10.0  # ... or after this many seconds, whichever comes first
     progress: bool = True  # live progress bar on the driver
+    report: bool = True  # write report.html at the end (python -m pipeline.report <job> rebuilds it)
 
 
 @dataclass

@@ -190,10 +190,9 @@ class _Job:
                 record["audio_path"] = r.audio_path or row.audio_path
             self.store.add(record, r.audio if r.ok else None)
             self._recorded(row.key)
-            if r.ok:
-                ok, audio_s, nbytes = ok + 1, audio_s + (r.duration_s or 0.0), nbytes + (r.audio_bytes or 0)
-            else:
-                error += 1
+            if r.ok:  # a rejected row's audio is written too; it counts as not ok
+                audio_s, nbytes = audio_s + (r.duration_s or 0.0), nbytes + (r.audio_bytes or 0)
+            ok, error = (ok + 1, error) if r.ok and not r.rejected else (ok, error + 1)
         self.progress.rows(ok, error, audio_s, nbytes)
         if fatal:
             raise PipelineError(f"cannot write audio to {self.job_dir}: {fatal}. Free space or fix permissions or "
@@ -360,6 +359,14 @@ def run_job(cfg: Any, *, replica_cls: type = Replica) -> dict[str, Any]:
         job.store.flush()
         summary = job.summary(time.time()) if status == "completed" else None
         job.write_job_json(status, summary, error)
+    if job.cfg.output.report:
+        from .report import build_report
+
+        try:
+            log.info("report: %s", build_report(str(job.storage)))
+        except Exception as e:  # the job is done and recorded; a report can be rebuilt later
+            log.warning("report.html was not written (%s: %s); rebuild it with python -m pipeline.report %s",
+                        type(e).__name__, e, job.storage)
     report(format_summary(summary))
     return summary
 

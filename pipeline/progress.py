@@ -121,7 +121,7 @@ def format_summary(summary: dict[str, Any]) -> str:
     lines = [
         f"job: {summary['job_dir']}",
         f"rows: {summary['rows']} ({counts}); audio {summary['audio_s']:.1f} s in total",
-        f"this run: {run['rows_done']} rows ({run['ok']} ok, {run['error']} error), "
+        f"this run: {run['rows_done']} rows ({run['ok']} ok, {run['error']} error or rejected), "
         f"{run['skipped']} already done, {run['wall_s']:.1f} s wall",
     ]
     if run["rows_done"]:
