@@ -152,6 +152,12 @@ class QualityConfig:
     max_clipping: Optional[float] = None  # share of samples at full scale
     loudness_lufs: Optional[List[float]] = None  # [low, high] ITU-R BS.1770 integrated loudness
     duration_s: Optional[List[float]] = None  # [low, high] seconds of audio
+    # model-based metrics (a local folder or a Hub id; null: not measured), see pipeline/judges.py
+    asr_model: Optional[str] = None  # e.g. openai/whisper-large-v3-turbo: asr_text, cer, wer
+    speaker_model: Optional[str] = None  # e.g. microsoft/wavlm-base-plus-sv: speaker_sim to the row's prompt
+    max_cer: Optional[float] = None  # needs asr_model
+    max_wer: Optional[float] = None  # needs asr_model
+    min_speaker_sim: Optional[float] = None  # needs speaker_model; rows without a prompt are not judged
     retries: int = 0  # a row failing a gate is generated again up to this many times (new derived seeds)
 
 

@@ -16,7 +16,7 @@ import socket
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 from .config import TINY_RANDOM, ModelConfig
 from .errors import PipelineError
@@ -37,7 +37,8 @@ class HubSource:
 
     @property
     def label(self) -> str:
-        what = "model" if self.key == "model.source" else "codec"
+        what = {"model.source": "model", "model.codec_source": "codec", "quality.asr_model": "ASR model",
+                "quality.speaker_model": "speaker model"}.get(self.key, self.key)
         return f"the {what} {self.repo}" + (f" (revision {self.revision})" if self.revision else "")
 
     @property
@@ -187,13 +188,27 @@ def offline_message(missing: list[HubSource], reason: str, *, headline: Optional
     return "\n".join(lines)
 
 
-def check_model_sources(cfg: ModelConfig) -> None:
+def judge_sources(quality: Any) -> list[HubSource]:
+    """The quality judges' Hub repositories that are not in the local cache (local folders are not)."""
+    from dia_model.checkpoint import looks_like_repo_id
+
+    out = []
+    for key in ("asr_model", "speaker_model"):
+        source = getattr(quality, key, None)
+        if not source or _is_local(source) or not looks_like_repo_id(source):
+            continue
+        if _cached(source, "config.json", None) is None:
+            out.append(HubSource(f"quality.{key}", source, None, ()))
+    return out
+
+
+def check_model_sources(cfg: ModelConfig, quality: Any = None) -> None:
     """Raise PipelineError (one message, both downloads) when a Hub source is neither cached nor reachable.
 
     Does nothing when every source is local or cached, or when the Hub answers (the replicas
     download then). Called on the driver before any replica starts.
     """
-    missing = missing_sources(cfg)
+    missing = missing_sources(cfg) + (judge_sources(quality) if quality is not None else [])
     if not missing:
         return
     reason = hub_unreachable_reason()

@@ -206,7 +206,7 @@ class _Job:
             audio_io.check_format(cfg.output.format.value, cfg.output.subtype)
         except ValueError as e:
             raise PipelineError(f"output.subtype: {e}") from e
-        check_model_sources(cfg.model)  # before any folder is made or replica started
+        check_model_sources(cfg.model, cfg.quality)  # before any folder is made or replica started
         from .scripts import check_long_form_settings
 
         problem = check_long_form_settings(cfg.generation) or check_quality_settings(cfg.quality)

@@ -38,6 +38,12 @@ def _above(name: str, check: str, value: Optional[float], bound: Optional[float]
     return [Failure(check, f"{name} {value:.3g} > {bound:g}", (value - bound) / max(abs(bound), scale))]
 
 
+def _below(name: str, check: str, value: Optional[float], bound: Optional[float], scale: float) -> list[Failure]:
+    if bound is None or value is None or value >= bound:
+        return []
+    return [Failure(check, f"{name} {value:.3g} < {bound:g}", (bound - value) / max(abs(bound), scale))]
+
+
 def _outside(name: str, check: str, value: Optional[float], bounds: Optional[list[float]],
              scale: float) -> list[Failure]:
     if not bounds or value is None:
@@ -61,6 +67,9 @@ def check(metrics: dict[str, Any], cfg: QualityConfig) -> list[Failure]:
         *_above("clipping_ratio", "max_clipping", m.get("clipping_ratio"), cfg.max_clipping, 1e-3),
         *_outside("loudness_lufs", "loudness_lufs", m.get("loudness_lufs"), cfg.loudness_lufs, 1.0),
         *_outside("duration_s", "duration_s", m.get("duration_s"), cfg.duration_s, 1.0),
+        *_above("cer", "max_cer", m.get("cer"), cfg.max_cer, 0.05),
+        *_above("wer", "max_wer", m.get("wer"), cfg.max_wer, 0.05),
+        *_below("speaker_sim", "min_speaker_sim", m.get("speaker_sim"), cfg.min_speaker_sim, 0.1),
     ]
 
 
@@ -71,7 +80,8 @@ def score(failures: list[Failure]) -> tuple[int, float]:
 
 def gates_on(cfg: QualityConfig) -> bool:
     return any(v is not None for v in (cfg.speaking_rate, cfg.max_silence_s, cfg.max_edge_silence_s,
-                                       cfg.max_clipping, cfg.loudness_lufs, cfg.duration_s))
+                                       cfg.max_clipping, cfg.loudness_lufs, cfg.duration_s, cfg.max_cer,
+                                       cfg.max_wer, cfg.min_speaker_sim))
 
 
 def check_settings(cfg: QualityConfig) -> Optional[str]:
@@ -84,6 +94,10 @@ def check_settings(cfg: QualityConfig) -> Optional[str]:
         value = getattr(cfg, name)
         if value is not None and value < 0:
             return f"quality.{name} must be >= 0, got {value}"
+    for gate, model in (("max_cer", "asr_model"), ("max_wer", "asr_model"), ("min_speaker_sim", "speaker_model")):
+        if getattr(cfg, gate) is not None and not getattr(cfg, model):
+            return (f"quality.{gate} needs quality.{model} (a local folder or a Hub id, e.g. "
+                    f"{'openai/whisper-large-v3-turbo' if model == 'asr_model' else 'microsoft/wavlm-base-plus-sv'})")
     if cfg.retries < 0:
         return f"quality.retries must be >= 0, got {cfg.retries}"
     if cfg.retries and not gates_on(cfg):

@@ -140,8 +140,17 @@ class Replica:
         # A failed load is reported by describe() instead of raised here: Ray aborts threaded actors
         # whose constructor raises, with a page of native stack traces.
         self.load_error: Optional[BaseException] = None
+        self._asr: Any = None
+        self._speaker: Any = None
         try:
             self.model = load_model(settings.model, settings.has_gpu)
+            q = settings.quality
+            if q is not None and (q.asr_model or q.speaker_model):
+                from .judges import AsrJudge, SpeakerJudge
+
+                device = str(getattr(self.model, "device", "cpu"))
+                self._asr = AsrJudge(q.asr_model, device) if q.asr_model else None
+                self._speaker = SpeakerJudge(q.speaker_model, device) if q.speaker_model else None
         except Exception as e:
             self.load_error = e
             return
@@ -153,6 +162,7 @@ class Replica:
         self.storage = Storage(settings.output) if settings.output else None
         self._prompts: dict[str, tuple[Any, int]] = {}
         self._voices: dict[str, Any] = {}  # voice name -> prompt codes, encoded on first use
+        self._embeddings: dict[int, Any] = {}  # id(prompt codes) -> (codes, speaker embedding)
         self._prompt_lock = threading.Lock()
         self._inbox: "queue.Queue[_Prepared]" = queue.Queue()
         self._seated: dict[str, _Prepared] = {}  # rows the engine has pulled and not yet delivered
@@ -348,7 +358,17 @@ class Replica:
         from .quality import check, score
 
         q = self.settings.quality
-        metrics = row_metrics(res.audio, self.model.sample_rate, p.row.text or "")
+        sr = self.model.sample_rate
+        metrics = row_metrics(res.audio, sr, p.row.text or "")
+        if self._asr is not None:
+            from .judges import clean_heard, error_rates
+
+            heard = clean_heard(self._asr.transcribe(res.audio, sr))
+            metrics["asr_text"] = heard
+            metrics["cer"], metrics["wer"] = error_rates(p.row.text or "", heard)
+        if self._speaker is not None and p.prompt is not None:
+            metrics["speaker_sim"] = self._speaker.similarity(self._speaker.embed(res.audio, sr),
+                                                              self._prompt_embedding(p.prompt))
         failures = check(metrics, q)
         p.tries.append(res.seed)
         if p.best is None or score(failures) < p.best[0]:
@@ -359,6 +379,15 @@ class Replica:
             self._inbox.put(p)
             return True
         return False
+
+    def _prompt_embedding(self, codes: Any) -> Any:
+        """The speaker embedding of a prompt as the model heard it (its codes decoded), once per prompt."""
+        key = id(codes)  # prompt codes are cached objects: one per voice or prompt file
+        with self._prompt_lock:
+            if key not in self._embeddings:
+                wave = self.model.decode_audio([codes])[0]
+                self._embeddings[key] = (codes, self._speaker.embed(wave, self.model.sample_rate))
+            return self._embeddings[key][1]
 
     def _result(self, p: _Prepared, res: Any) -> RowResult:
         if res.error:

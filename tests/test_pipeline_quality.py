@@ -46,3 +46,23 @@ def test_metrics_land_in_the_metadata_and_passing_rows_take_one_attempt(ray_loca
         assert r["quality_attempts"] == 1 and r["quality_seeds"] == [r["seed"]]
         assert r["speaking_rate_wps"] > 0 and r["clipping_ratio"] >= 0.0
         assert r["leading_silence_s"] is not None and r["max_inner_silence_s"] is not None
+
+
+def test_asr_and_speaker_judges_measure_and_gate_rows(ray_local, pipeline_cfg, pipeline_parquet, tmp_path):
+    from pipeline.config import EXAMPLES_DIR
+    from tiny_judges import tiny_asr, tiny_speaker
+
+    asr, speaker = tiny_asr(tmp_path / "asr"), tiny_speaker(tmp_path / "sv")
+    data = pipeline_parquet([{"id": "plain", "text": "[S1] Hello there. [S2] Hi.", "voice": None},
+                             {"id": "voiced", "text": "[S1] My own voice.", "voice": "ann"}])
+    summary = run_job(pipeline_cfg(
+        f"data.input={data}", *SHORT, f"quality.asr_model={asr}", f"quality.speaker_model={speaker}",
+        "quality.max_cer=0.0", "quality.retries=1", f"voices.ann.audio={EXAMPLES_DIR / 'prompt.flac'}",
+        "voices.ann.transcript=A short reference clip."))
+    m = meta(tmp_path / "job")
+    assert summary["status_counts"] == {"rejected": 2}  # random ASR never hears the script exactly
+    for r in m.values():
+        assert r["cer"] > 0 and r["wer"] > 0 and isinstance(r["asr_text"], str) and r["quality_attempts"] == 2
+        assert "cer" in r["error"]
+    assert m["plain"]["speaker_sim"] is None  # no prompt to compare with
+    assert -1.0 <= m["voiced"]["speaker_sim"] <= 1.0

@@ -76,3 +76,36 @@ def test_retry_seeds_are_derived_and_settings_are_checked():
     assert "low <= high" in check_settings(QualityConfig(speaking_rate=[5.0, 1.0]))
     assert "no gate is" in check_settings(QualityConfig(retries=2))
     assert check_settings(QualityConfig(max_silence_s=2.0, retries=2)) is None
+
+
+# -- model-based metrics ------------------------------------------------------------------------------
+def test_error_rates_count_spoken_words_only():
+    from pipeline.judges import error_rates
+
+    cer, wer = error_rates("[S1] Hello there (laughs) friend.", "hello their friend")
+    assert wer == pytest.approx(1 / 3) and cer == pytest.approx(2 / 18)  # "there" -> "their": 2 letters
+    assert error_rates("[S1] Café, Ünïcode!", "cafe unicode") == (0.0, 0.0)
+    assert error_rates("(laughs)", "anything") == (None, None)
+
+
+def test_judges_load_from_folders_and_say_how_to_fetch_a_missing_one(tmp_path, monkeypatch):
+    from pipeline.errors import PipelineError
+    from pipeline.judges import AsrJudge, SpeakerJudge
+    from tiny_judges import tiny_asr, tiny_speaker
+
+    asr = AsrJudge(str(tiny_asr(tmp_path / "asr")))
+    assert isinstance(asr.transcribe(tone(1.0), SR), str)  # random weights: some string
+    speaker = SpeakerJudge(str(tiny_speaker(tmp_path / "sv")))
+    a, b = speaker.embed(tone(1.0), SR), speaker.embed(np.concatenate([gap(0.3), tone(0.7, hz=220)]), SR)
+    assert speaker.similarity(a, a) == pytest.approx(1.0, abs=1e-5) and speaker.similarity(a, b) < 0.9999
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(PipelineError, match=r"quality.asr_model=nobody-here/no-such-asr.*huggingface-cli download"):
+        AsrJudge("nobody-here/no-such-asr")
+
+
+def test_model_gates_need_their_model():
+    assert "needs quality.asr_model" in check_settings(QualityConfig(max_cer=0.2))
+    assert "needs quality.speaker_model" in check_settings(QualityConfig(min_speaker_sim=0.5))
+    cfg = QualityConfig(max_cer=0.2, min_speaker_sim=0.6, asr_model="x", speaker_model="y")
+    assert [f.check for f in check({"cer": 0.5, "speaker_sim": 0.4}, cfg)] == ["max_cer", "min_speaker_sim"]
+    assert check({"cer": 0.1, "speaker_sim": None}, cfg) == []  # no prompt: similarity is not judged
