@@ -158,7 +158,7 @@ def _sweep_grid(table: pa.Table) -> Optional[dict[str, Any]]:
 
 
 _PAGE = r"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>__TITLE__</title>
+<html lang="en"><head><meta charset="utf-8"><title>__TITLE__</title><link rel="icon" href="data:,">
 <style>
 body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#222}
 h1{font-size:1.3em}h2{font-size:1.1em;margin-top:1.6em}
