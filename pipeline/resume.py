@@ -44,7 +44,8 @@ def fingerprint(cfg: JobConfig, job_seed: int) -> dict[str, Any]:
         **{f"generation.{k}": gen[k] for k in ("cfg_scale", "temperature", "top_p", "top_k",
                                                "max_new_frames", "max_seconds", "long_form", "chunk_seconds",
                                                "tail_seconds", "end_tag")},
-        "quality": {k: v for k, v in (plain.get("quality") or {}).items() if k != "metrics"},
+        # only the gates that are set: a gate added in a later version leaves older fingerprints alone
+        "quality": {k: v for k, v in (plain.get("quality") or {}).items() if k != "metrics" and v not in (None, 0)},
         "voices": {name: [v["audio"], v["transcript"]] for name, v in sorted((plain.get("voices") or {}).items())},
         "job_seed": job_seed,
         **{f"sweep.{k}": v for k, v in plain["sweep"].items()},
@@ -59,8 +60,7 @@ LEGACY: dict[str, Any] = {
     "generation.long_form": "auto",  # earlier versions refused what auto chunks: those rows were errors
     "generation.chunk_seconds": 20.0, "generation.tail_seconds": 6.0,
     "generation.end_tag": "off", "voices": {},
-    "quality": {"speaking_rate": None, "max_silence_s": None, "max_edge_silence_s": None, "max_clipping": None,
-                "loudness_lufs": None, "duration_s": None, "retries": 0},
+    "quality": {},
 }
 
 
