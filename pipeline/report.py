@@ -9,8 +9,10 @@ points to listen across settings.
 
 Scale: counts and histograms are computed in Arrow over all rows; the table holds at most
 ``TABLE_ROWS`` rows (every rejected and error row first, up to half of them, then an even sample of
-the rest, in input order), and only table rows get a waveform (one read of their audio file). So a
-100k-row job's page is as heavy as a 2,000-row one (~1 MB) and opens at once. No scripts or styles
+the rest, in input order), and only table rows get a waveform (one read of their audio file). The
+page shows 50 of them at a time and builds a row's elements (player, waveform) only when it is first
+shown; the sweep grid's players are made on click. So a 100k-row job's page is as heavy as a
+2,000-row one (~2 MB) and opens in about a second. No scripts or styles
 come from the network; players point at the audio files beside the page (relative paths).
 """
 from __future__ import annotations
@@ -176,7 +178,8 @@ th{cursor:pointer;background:#f4f4f4;position:sticky;top:0}th.sorted-asc:after{c
 <h2 id="sweep-title" hidden>Sweep: rows &times; points</h2><div id="sweep"></div>
 <h2>Rows</h2>
 <p><input id="filter" placeholder="filter: id, text or error contains..."> <select id="status"><option value="">any status</option></select>
- <span id="shown"></span></p>
+ <span id="shown"></span>
+ <button id="prev">&lsaquo; prev</button> <span id="page"></span> <button id="next">next &rsaquo;</button></p>
 <table id="rows"><thead><tr></tr></thead><tbody></tbody></table>
 <script id="data" type="application/json">__DATA__</script>
 <script>
@@ -225,7 +228,11 @@ function wave(values) {
     r.setAttribute("height", h); r.setAttribute("fill", "#777"); svg.appendChild(r); });
   return svg;
 }
-function player(src) { const a = el("audio", {controls: "", preload: "metadata", src: src}); return a; }
+function player(src) { return el("audio", {controls: "", preload: "metadata", src: src}); }
+// A browser allows only so many media players at once (Chromium refuses past ~1000), so the sweep
+// grid gets a play button that becomes a player when clicked, and the table a page of players.
+function lazyPlayer(src) { const b = el("button", {class: "play", "data-src": src}, "\u25B6");
+  b.onclick = () => { const a = player(src); a.autoplay = true; b.replaceWith(a); }; return b; }
 if (D.sweep) {
   document.getElementById("sweep-title").hidden = false;
   const t = el("table", {id: "sweep-grid"}); const hr = el("tr"); hr.appendChild(el("th", {}, "id"));
@@ -233,7 +240,7 @@ if (D.sweep) {
   t.appendChild(hr);
   for (const id of D.sweep.ids) { const tr = el("tr"); tr.appendChild(el("td", {}, id));
     for (const p of D.sweep.points) { const td = el("td"); const c = D.sweep.cells[id][p];
-      if (c) { if (c.audio_path) td.appendChild(player(c.audio_path));
+      if (c) { if (c.audio_path) td.appendChild(lazyPlayer(c.audio_path));
         td.appendChild(el("div", {class: c.status}, c.status + " " + fmt(c.duration_s) + " s, " + fmt(c.speaking_rate_wps) + " w/s")); }
       tr.appendChild(td); }
     t.appendChild(tr); }
@@ -244,29 +251,35 @@ const cols = D.columns.filter(c => c !== "text");
 for (const c of [...cols, "audio", "text"]) { const th = el("th", {"data-col": c}, c); thead.appendChild(th); }
 const statusSel = document.getElementById("status");
 for (const s of Object.keys(D.counts)) statusSel.appendChild(el("option", {value: s}, s));
-const trs = D.rows.map(r => {
+const PAGE = 50;  // rows (and players) on screen at once; their elements are built when first shown
+function rowElement(r) {
+  if (r._tr) return r._tr;
   const tr = el("tr", {"data-id": r.id});
   for (const c of cols) tr.appendChild(el("td", {class: c === "status" ? r.status : "", "data-col": c}, fmt(r[c])));
   const td = el("td"); if (r.audio) td.appendChild(player(r.audio)); td.appendChild(wave(r.wave)); tr.appendChild(td);
-  tr.appendChild(el("td", {class: "text"}, r.text || "")); tr._row = r; return tr; });
-let sortCol = null, sortDir = 1;
+  tr.appendChild(el("td", {class: "text"}, r.text || "")); r._tr = tr; return tr; }
+let sortCol = null, sortDir = 1, page = 0;
 function render() {
   const q = document.getElementById("filter").value.toLowerCase(), s = statusSel.value;
-  let shown = trs.filter(tr => { const r = tr._row;
-    return (!s || r.status === s) && (!q || [r.id, r.text, r.error].some(v => v && String(v).toLowerCase().includes(q))); });
-  if (sortCol) shown.sort((a, b) => { const x = a._row[sortCol], y = b._row[sortCol];
+  let shown = D.rows.filter(r =>
+    (!s || r.status === s) && (!q || [r.id, r.text, r.error].some(v => v && String(v).toLowerCase().includes(q))));
+  if (sortCol) shown.sort((a, b) => { const x = a[sortCol], y = b[sortCol];
     if (x === y) return 0; if (x === null || x === undefined) return 1; if (y === null || y === undefined) return -1;
     return (x < y ? -1 : 1) * sortDir; });
-  tbody.replaceChildren(...shown);
+  const pages = Math.max(1, Math.ceil(shown.length / PAGE)); page = Math.min(page, pages - 1);
+  tbody.replaceChildren(...shown.slice(page * PAGE, (page + 1) * PAGE).map(rowElement));
+  document.getElementById("page").textContent = "page " + (page + 1) + " of " + pages;
   document.getElementById("shown").textContent = shown.length + " of " + D.rows_shown + " rows in this table" +
     (D.rows_shown < D.rows_total ? " (a sample of " + D.rows_total + ": problems first)" : "");
 }
+document.getElementById("prev").onclick = () => { page = Math.max(0, page - 1); render(); };
+document.getElementById("next").onclick = () => { page += 1; render(); };
 thead.addEventListener("click", e => { const c = e.target.getAttribute("data-col"); if (!c || c === "audio") return;
-  sortDir = sortCol === c ? -sortDir : 1; sortCol = c;
+  sortDir = sortCol === c ? -sortDir : 1; sortCol = c; page = 0;
   for (const th of thead.children) th.className = th.getAttribute("data-col") === c ? (sortDir > 0 ? "sorted-asc" : "sorted-desc") : "";
   render(); });
-document.getElementById("filter").addEventListener("input", render);
-statusSel.addEventListener("change", render);
+document.getElementById("filter").addEventListener("input", () => { page = 0; render(); });
+statusSel.addEventListener("change", () => { page = 0; render(); });
 render();
 </script></body></html>
 """

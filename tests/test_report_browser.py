@@ -65,5 +65,7 @@ def test_the_report_plays_sorts_filters_and_shows_the_sweep(ray_local, pipeline_
     points = browser.execute_script("return [...document.querySelectorAll('#sweep-grid th.point')].map(t => t.textContent)")
     assert sorted(points) == ["cfg_scale-2.0", "cfg_scale-3.0"]
     cells = browser.execute_script("return [...document.querySelectorAll('#sweep-grid tr')].slice(1)"
-                                   ".map(tr => tr.querySelectorAll('audio').length)")
+                                   ".map(tr => tr.querySelectorAll('button.play').length)")
     assert len(cells) == 5 and sorted(cells) == [0, 2, 2, 2, 2]
+    browser.find_element("css selector", "#sweep-grid button.play").click()  # a play button becomes a player
+    assert browser.execute_script("return document.querySelectorAll('#sweep-grid audio').length") == 1
