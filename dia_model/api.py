@@ -271,7 +271,8 @@ class Dia:
     def _generate_long_form(self, texts: list[str], *, decode_audio: bool, chunk_seconds: float,
                             tail_seconds: float, end_tag: bool, settings: dict[str, Any]) -> list[GenerationResult]:
         n = len(texts)
-        per_row = {k: _per_row(k, v, n) for k, v in settings.items()}
+        # (a single codes array is one prompt for every text, as in generate())
+        per_row = {k: _per_row("audio_prompts" if k == "audio_prompt" else k, v, n) for k, v in settings.items()}
         requests = [Request(i, texts[i], long_form=True, chunk_seconds=chunk_seconds, tail_seconds=tail_seconds,
                             end_tag=end_tag, **{k: v[i] for k, v in per_row.items()}) for i in range(n)]
         results = sorted(self.stream(requests, slots=min(n, MAX_AUTO_SLOTS if self.device.type == "cuda"

@@ -146,3 +146,12 @@ def test_the_end_tag_is_appended_and_reported(dia):
     assert streamed.end_tag_applied and np.array_equal(streamed.codes, by_hand.codes)
     long = dia.generate(dialogue(4), long_form=True, chunk_seconds=12, end_tag=True, seed=2, decode_audio=False)[0]
     assert long.end_tag_applied and all(not re.search(r"\[S[12]\]$", c.text) for c in long.chunks)
+
+
+def test_one_prompt_array_serves_every_long_text(dia):
+    prompt = dia.generate("[S1] A voice to carry.", seed=4, decode_audio=False)[0].codes
+    assert len(prompt) > 0
+    texts = [dialogue(3), dialogue(2)]
+    both = dia.generate(texts, long_form=True, chunk_seconds=12, audio_prompts=prompt,
+                        prompt_transcripts="[S1] A voice to carry.", seed=1, decode_audio=False)
+    assert [r.chunks[0].prompt_frames for r in both] == [len(prompt)] * 2
