@@ -85,17 +85,25 @@ def test_long_rows_voices_and_end_tag_in_one_job(ray_local, pipeline_cfg, pipeli
     assert m["long-pair"]["prompt_frames"] == m["pair"]["prompt_frames"]  # chunk 0 starts from the voices
 
 
-def test_long_form_off_and_the_length_cap_are_row_errors(ray_local, pipeline_cfg, pipeline_parquet, tmp_path):
-    data = pipeline_parquet([{"id": "long", "text": long_script()}, {"id": "ok", "text": "[S1] Fine. [S2] Good."}])
-    summary = run_job(pipeline_cfg(f"data.input={data}", "generation.long_form=off", *SHORT))
-    m = meta(tmp_path / "job")
-    assert summary["status_counts"] == {"ok": 1, "error": 1}
-    assert "over the model's limit" in m["long"]["error"] and "generation.long_form=auto" in m["long"]["error"]
+def test_long_form_off_and_the_length_cap_are_row_errors_at_planning(pipeline_cfg, pipeline_parquet):
+    """Both are decided while planning, before any replica: no Ray needed."""
+    from pipeline.config import to_job_config
+    from pipeline.plan import build_plan
+    from pipeline.scripts import script_checker
 
-    summary = run_job(pipeline_cfg(f"data.input={data}", "generation.max_script_seconds=60", *SHORT,
-                                   out=tmp_path / "capped"))
-    m = meta(tmp_path / "capped")
-    assert "over generation.max_script_seconds=60" in m["long"]["error"] and m["ok"]["status"] == "ok"
+    data = pipeline_parquet([{"id": "long", "text": long_script()}, {"id": "ok", "text": "[S1] Fine. [S2] Good."}])
+
+    def planned(*overrides: str) -> dict:
+        cfg = to_job_config(pipeline_cfg(f"data.input={data}", *overrides))
+        return {r.id: r for r in build_plan(cfg, 0, script_checker(cfg.generation)).rows}
+
+    auto = planned()
+    assert auto["long"].long_form and not auto["long"].problems and not auto["ok"].long_form
+    off = planned("generation.long_form=off")
+    assert "over the model's limit" in off["long"].problems[0] and "generation.long_form=auto" in off["long"].problems[0]
+    capped = planned("generation.max_script_seconds=60")
+    assert "over generation.max_script_seconds=60" in capped["long"].problems[0] and not capped["ok"].problems
+    assert planned("generation.long_form=on")["ok"].long_form
 
 
 def test_changing_long_form_settings_on_resume_is_refused(pipeline_cfg, pipeline_parquet, tmp_path):
