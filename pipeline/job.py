@@ -174,7 +174,8 @@ class _Job:
                 continue
             record = base_record(row, model)
             record.update(
-                status=STATUS_REJECTED if r.rejected else STATUS_OK if r.ok else STATUS_ERROR, error=r.error, attempts=self.queue.attempts.get(row.key, 0),
+                status=STATUS_REJECTED if r.rejected else STATUS_OK if r.ok else STATUS_ERROR, error=r.error,
+                attempts=self.queue.attempts.get(row.key, 0),
                 sample_rate=r.sample_rate, duration_s=r.duration_s, frames=r.frames, ended_by_eos=r.ended_by_eos,
                 seed=r.seed if r.seed is not None else row.seed, prompt_frames=r.prompt_frames,
                 max_new_frames=r.max_new_frames if r.max_new_frames is not None else row.max_new_frames,
