@@ -29,6 +29,8 @@ from pathlib import Path
 from typing import Any, Optional
 from urllib.parse import parse_qs, urlparse
 
+from .voices import VoiceBook
+
 NON_VERBALS = ["(laughs)", "(clears throat)", "(sighs)", "(gasps)", "(coughs)", "(singing)", "(sings)", "(mumbles)",
                "(beep)", "(groans)", "(sniffs)", "(claps)", "(screams)", "(inhales)", "(exhales)", "(applause)",
                "(burps)", "(humming)", "(sneezes)", "(chuckle)", "(whistles)"]
@@ -47,8 +49,9 @@ class Audition:
         (workdir / "takes").mkdir(parents=True, exist_ok=True)
         (workdir / "voices").mkdir(parents=True, exist_ok=True)
         (workdir / "exports").mkdir(parents=True, exist_ok=True)
-        self.voices = dict(voices)  # name -> VoiceConfig
-        self.codes: dict[str, Any] = {}  # voice name -> prompt codes
+        self.voices = dict(voices)  # name -> VoiceConfig (for export)
+        self.book = VoiceBook(lambda clip: model.encode_audio([clip])[0],
+                              {n: (v.audio, v.transcript) for n, v in voices.items()})
         self.batches: dict[str, dict[str, Any]] = {}
         self.lock = threading.Lock()
         self.engine = threading.Lock()  # one batch at a time on the model
@@ -75,27 +78,7 @@ class Audition:
         tmp.replace(path)
         with self.lock:
             self.voices[name] = VoiceConfig(audio=str(path.resolve()), transcript=transcript.strip())
-            self.codes.pop(name, None)
-
-    def _prompt(self, s1: Optional[str], s2: Optional[str]) -> tuple[Any, Optional[str]]:
-        import numpy as np
-
-        from .voices import voice_transcript
-
-        names = (s1 or None, s2 or None)
-        if not any(names):
-            return None, None
-        parts = []
-        for name in names:
-            if name is None:
-                continue
-            if name not in self.voices:
-                raise ValueError(f"no voice named {name!r}")
-            if name not in self.codes:
-                self.codes[name] = self.model.encode_audio([self.voices[name].audio])[0]
-            parts.append(self.codes[name])
-        texts = {n: self.voices[n].transcript for n in names if n}
-        return np.concatenate(parts), voice_transcript(names, texts)
+        self.book.add(name, str(path.resolve()), transcript.strip())
 
     # -- takes ----------------------------------------------------------------------------------
     def start(self, form: dict[str, Any]) -> str:
@@ -115,17 +98,17 @@ class Audition:
 
     def _run(self, batch: str, text: str, s: dict[str, Any]) -> None:
         from dia_model import Request
-        from dia_model.longform import expected_seconds
 
         from . import audio as audio_io
         from .metrics import row_metrics
-        from .scripts import WINDOW_S
+        from .scripts import over_window
 
         state = self.batches[batch]
         try:
             with self.engine:
-                prompt, transcript = self._prompt(s["voice_s1"], s["voice_s2"])
-                long_form = expected_seconds(text) > WINDOW_S or len(text.encode()) > 1000
+                voices = (s["voice_s1"], s["voice_s2"])
+                prompt, transcript = self.book.prompt(voices) if any(voices) else (None, None)
+                long_form = over_window(text, end_tag=s["end_tag"])
                 max_new = None if s["max_seconds"] is None else max(1, int(s["max_seconds"] * self.model.frame_rate))
                 grid = s["cfg_scales"] or [s["cfg_scale"]]
                 requests = [Request(id=k, text=text, cfg_scale=grid[k % len(grid)], temperature=s["temperature"],

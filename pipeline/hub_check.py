@@ -197,8 +197,9 @@ def judge_sources(quality: Any) -> list[HubSource]:
         source = getattr(quality, key, None)
         if not source or _is_local(source) or not looks_like_repo_id(source):
             continue
-        if _cached(source, "config.json", None) is None:
-            out.append(HubSource(f"quality.{key}", source, None, ()))
+        src = HubSource(f"quality.{key}", source, None, ())
+        if not is_cached(src):  # config and weights, as for the model
+            out.append(src)
     return out
 
 

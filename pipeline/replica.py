@@ -27,6 +27,7 @@ from . import audio as audio_io
 from .config import TINY_RANDOM, ModelConfig, QualityConfig
 from .rows import RowSpec, unpack_rows
 from .storage import Storage, job_wide
+from .voices import VoiceBook
 
 DELIVERY_WINDOW_S = 0.05  # rows finishing within this long of each other travel to the driver together
 
@@ -161,7 +162,7 @@ class Replica:
             self.model_info["source"] = f"{TINY_RANDOM} (seed {settings.model.tiny_seed})"
         self.storage = Storage(settings.output) if settings.output else None
         self._prompts: dict[str, tuple[Any, int]] = {}
-        self._voices: dict[str, Any] = {}  # voice name -> prompt codes, encoded on first use
+        self._voices = VoiceBook(lambda clip: self.model.encode_audio([clip])[0], settings.voices)
         self._embeddings: dict[int, Any] = {}  # id(prompt codes) -> (codes, speaker embedding)
         self._prompt_lock = threading.Lock()
         self._inbox: "queue.Queue[_Prepared]" = queue.Queue()
@@ -206,24 +207,9 @@ class Replica:
             return self._prompts[uri]
 
     def voice_prompt(self, voices: Any) -> tuple[Any, str]:
-        """(prompt codes, prompt transcript) for a row's (S1, S2) voice names: each voice's clip is
-        encoded once per replica, and the codes of the voices named are joined in role order."""
-        import numpy as np
-
-        from .voices import voice_transcript
-
-        codes = []
-        with self._prompt_lock:
-            for name in voices:
-                if name is None:
-                    continue
-                if name not in self._voices:
-                    if name not in self.settings.voices:
-                        raise KeyError(f"voice {name!r} was not sent to this replica")
-                    self._voices[name] = self.model.encode_audio([self.settings.voices[name][0]])[0]
-                codes.append(self._voices[name])
-        transcripts = {n: t for n, (_, t) in self.settings.voices.items()}
-        return np.concatenate(codes), voice_transcript(tuple(voices), transcripts)
+        """(prompt codes, prompt transcript) for a row's (S1, S2) voice names; each voice's clip is
+        encoded once per replica."""
+        return self._voices.prompt(tuple(voices))
 
     def _prepare(self, row: RowSpec, prompts: dict[str, Any], outbox: "queue.Queue[RowResult]") -> Any:
         """A row ready for the engine (_Prepared), or the RowResult that says why it cannot run."""

@@ -110,11 +110,11 @@ def build_report(job: str) -> str:
     n = table.num_rows
     counts = ({item["values"]: item["counts"] for item in pc.value_counts(table.column("status")).to_pylist()}
               if n else {})
-    problems = table.filter(pc.is_in(table.column("status"), pa.array([STATUS_ERROR, STATUS_REJECTED]))) if n else table
-    groups = {status: group_errors(zip(problems.filter(pc.equal(problems.column("status"), status)).column("id").to_pylist(),
-                                       (e or "" for e in problems.filter(pc.equal(problems.column("status"), status))
-                                        .column("error").to_pylist())))
-              for status in (STATUS_ERROR, STATUS_REJECTED)} if n else {}
+    groups = {}
+    for status in (STATUS_ERROR, STATUS_REJECTED) if n else ():
+        rows_of = table.filter(pc.equal(table.column("status"), status)).select(["id", "error"])
+        groups[status] = group_errors(zip(rows_of.column("id").to_pylist(),
+                                          (e or "" for e in rows_of.column("error").to_pylist())))
     picked = _pick_rows(table, TABLE_ROWS) if n else []
     cols = [c for c in TABLE_COLUMNS if c in table.column_names]
     sub = table.take(pa.array(picked, pa.int64())) if picked else table.slice(0, 0)

@@ -158,7 +158,7 @@ def say(args: argparse.Namespace) -> int:
     from . import audio as audio_io
     from .config import ModelConfig
     from .model_loader import load_model
-    from .scripts import WINDOW_S
+    from .scripts import WINDOW_S, over_window
 
     out = Path(args.output).expanduser()
     fmt = FORMATS.get(out.suffix.lower())
@@ -170,7 +170,7 @@ def say(args: argparse.Namespace) -> int:
         raise UsageError("--candidates must be at least 1")
     text = read_script(args)
     clips, transcript = voice_prompt(args)
-    long_form = args.long_form or expected_seconds(text) > WINDOW_S or len(text.encode()) > 1000
+    long_form = args.long_form or over_window(text, end_tag=not args.no_end_tag)
     if args.model == TINY_RANDOM:
         print("dia-say: model tiny-random is random weights: its audio is noise", file=sys.stderr)
     model = load_model(ModelConfig(source=args.model, codec_source=args.codec, device=args.device,

@@ -19,6 +19,7 @@ VOICE_CLIP_WARN_S = 10.0  # the seed's guideline for prompts: 5-10 s
 
 
 def tag_room(gen: GenerationConfig) -> int:
+    """Bytes the end tag may add to a script under this config."""
     return END_TAG_BYTES if gen.end_tag == EndTagMode.auto else 0
 
 
@@ -28,8 +29,14 @@ def is_long(gen: GenerationConfig, script: str) -> bool:
         return True
     if gen.long_form == LongFormMode.off:
         return False
-    return (len(encode_script(script)) > DEFAULT_MAX_BYTES - tag_room(gen)
-            or expected_seconds(script) > WINDOW_S)
+    return over_window(script, end_tag=gen.end_tag == EndTagMode.auto)
+
+
+def over_window(script: str, end_tag: bool = True) -> bool:
+    """Whether a script is too long for one generation: over ~35 s of expected speech, or over the
+    1,024-byte text limit (less the room an end tag takes)."""
+    room = END_TAG_BYTES if end_tag else 0
+    return len(encode_script(script)) > DEFAULT_MAX_BYTES - room or expected_seconds(script) > WINDOW_S
 
 
 def script_checker(gen: GenerationConfig) -> Callable[[str], list[str]]:

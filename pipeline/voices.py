@@ -9,8 +9,9 @@ from __future__ import annotations
 import io
 import logging
 import re
+import threading
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from .config import VoiceConfig
 from .prompts import read_prompt
@@ -98,3 +99,43 @@ def voice_problems(voices: Optional[Voices], clips: dict[str, VoiceClip], audio_
 def voice_transcript(voices: Voices, transcripts: dict[str, str]) -> str:
     """The prompt transcript for these voices: each clip's words under its role's tag."""
     return " ".join(f"{tag} {transcripts[name]}" for tag, name in zip(("[S1]", "[S2]"), voices) if name)
+
+
+class VoiceBook:
+    """Named voices' prompts for one model: each clip is encoded once, on first use (thread-safe).
+
+    ``encode`` turns a clip (a path or a file's bytes) into prompt codes; ``clips`` maps a name to
+    (clip, transcript)."""
+
+    def __init__(self, encode: Callable[[Any], Any], clips: dict[str, tuple[Any, str]]) -> None:
+        self._encode = encode
+        self._clips = dict(clips)
+        self._codes: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def names(self) -> list[str]:
+        return sorted(self._clips)
+
+    def add(self, name: str, clip: Any, transcript: str) -> None:
+        """Add or replace a voice (a replaced one is encoded again when next used)."""
+        with self._lock:
+            self._clips[name] = (clip, transcript)
+            self._codes.pop(name, None)
+
+    def prompt(self, voices: Voices) -> tuple[Any, str]:
+        """(prompt codes, prompt transcript) for (S1, S2) voice names: the named voices' codes joined
+        in role order, and their transcripts under [S1] / [S2]. Raises ValueError for an unknown name."""
+        import numpy as np
+
+        codes = []
+        with self._lock:
+            for name in voices:
+                if name is None:
+                    continue
+                if name not in self._clips:
+                    raise ValueError(f"no voice named {name!r} (known: {', '.join(sorted(self._clips)) or 'none'})")
+                if name not in self._codes:
+                    self._codes[name] = self._encode(self._clips[name][0])
+                codes.append(self._codes[name])
+            transcripts = {n: t for n, (_, t) in self._clips.items()}
+        return np.concatenate(codes), voice_transcript(tuple(voices), transcripts)
