@@ -112,7 +112,7 @@ class OutputConfig:
     format: AudioFormat = AudioFormat.flac
     subtype: Optional[str] = None  # soundfile subtype, e.g. PCM_24; None: the format's default
     embed_audio: bool = False  # also store {bytes, path} in the metadata (a datasets Audio column)
-    flush_rows: int = 256  # write a metadata part after this many finished rows ...
+    flush_rows: int = 4096  # write a metadata part after this many finished rows ...
     flush_seconds: float = 10.0  # ... or after this many seconds, whichever comes first
     progress: bool = True  # live progress bar on the driver
     report: bool = True  # write report.html at the end (python -m pipeline.report <job> rebuilds it)

@@ -10,22 +10,22 @@ from datetime import datetime, timezone
 from importlib import metadata as importlib_metadata
 from typing import Any, Optional
 
+import numpy as np
+
 from . import audio as audio_io
 from .cluster import connect, plan_replicas
 from .config import EndTagMode, JobConfig, to_job_config, to_plain
 from .errors import PipelineError
 from .hub_check import check_model_sources
-from .metadata import STATUS_ERROR, STATUS_OK, STATUS_REJECTED, MetadataStore, base_record, error_record
-from .plan import JobPlan, plan_shard, scan_plan
+from .metadata import STATUS_ERROR, STATUS_OK, MetadataStore, error_record
+from .plan import JobContext, JobPlan, ShardPlanner, index_shard, scan_plan
 from .quality import check_settings as check_quality_settings, gates_on
 from .progress import Progress, format_summary, group_errors
-from .prompts import PromptStore
 from .replica import BatchResult, Replica, ReplicaSettings
 from .resume import JOB_JSON, check_fingerprint, clear_outputs, fingerprint, read_job_json, select_rows
-from .rows import RowSpec
 from .scheduler import Scheduler
 from .storage import Storage, is_uri
-from .voices import VoiceClip, load_voices, voice_problems
+from .voices import VoiceClip, load_voices
 from .workqueue import WorkQueue
 
 log = logging.getLogger("pipeline")
@@ -85,8 +85,8 @@ class _Job:
         self.store: Optional[MetadataStore] = None
         self.progress: Optional[Progress] = None
         self.queue: Optional[WorkQueue] = None
-        self.plan_index: dict[str, RowSpec] = {}  # rows of the shards loaded now, by key
-        self.pending: dict[str, str] = {}  # key -> shard, for rows queued and not yet recorded
+        self.pending: dict[str, tuple[str, int]] = {}  # key -> (shard, position), rows not yet recorded
+        self.planners: dict[str, ShardPlanner] = {}  # open shards whose rows the driver records itself
         self.open_rows: dict[str, int] = {}  # shard -> its rows not yet recorded (loaded shards only)
         self.next_shard = 0
         self.skipped = 0  # rows an earlier run already finished
@@ -95,18 +95,26 @@ class _Job:
         self.runs: list[dict[str, Any]] = []  # earlier runs, from job.json
 
     # -- results ---------------------------------------------------------------------------
-    def _record_error(self, row: RowSpec, message: str, attempts: int = 0, generated: bool = True) -> None:
-        if row.key not in self.pending:
+    def _planner(self, shard: str) -> ShardPlanner:
+        """A driver-side planner for a shard, made only when the driver must write a row's record
+        itself (a row given up after ``max_attempts``): rare, so the shard is read then, not before."""
+        if shard not in self.planners:
+            self.planners[shard] = JobContext.of(self.cfg, self.plan, self.job_seed, self.voice_clips).planner(shard)
+            self.plan.carried[shard] = self.planners[shard].carried
+        return self.planners[shard]
+
+    def _record_error(self, key: str, message: str, attempts: int = 0) -> None:
+        if key not in self.pending:
             return
-        self.store.add(error_record(row, message, self.model_info, attempts))
-        self._recorded(row.key)
-        self.progress.row(False, generated=generated)
+        shard, position = self.pending[key]
+        self.store.add(error_record(self._planner(shard).row(position), message, self.model_info, attempts))
+        self._recorded(key)
+        self.progress.row(False)
 
     def _recorded(self, key: str) -> None:
         """A row's metadata record is queued: once all of its shard's rows are, the shard is merged
-        and its rows leave the driver's memory."""
-        shard = self.pending.pop(key)
-        self.plan_index.pop(key, None)
+        and its keys leave the driver's memory."""
+        shard = self.pending.pop(key)[0]
         self.open_rows[shard] -= 1
         if not self.open_rows[shard]:
             self._close_shard(shard)
@@ -114,41 +122,38 @@ class _Job:
     def _close_shard(self, shard: str) -> None:
         self.store.consolidate([shard])
         self.plan.release(shard)
+        self.planners.pop(shard, None)
         del self.open_rows[shard]
 
     # -- rows, a shard at a time -----------------------------------------------------------------
     def _load_next_shard(self) -> bool:
-        """Plan the next shard: skip the rows earlier runs finished, record rows with problems, queue
-        the rest (longest first). False when every shard is loaded."""
+        """Index the next shard: skip the rows earlier runs finished and queue the rest (longest
+        first), by key only; the replicas plan the rows they get. False when every shard is loaded."""
         if self.next_shard >= len(self.plan.shards):
             return False
         shard = self.plan.shards[self.next_shard]
         self.next_shard += 1
-        from .scripts import script_checker  # text checks only: no model is loaded here
-
-        clips = self.voice_clips
-        rows = plan_shard(self.cfg, self.plan, shard, self.job_seed, script_checker(self.cfg.generation),
-                          lambda voices, prompt: voice_problems(voices, clips, prompt))
-        todo, skipped = select_rows(rows, self.store.existing([shard.name]), self.storage, self.cfg.retry_errors)
+        index, lengths = index_shard(self.cfg, self.plan, shard)
+        todo, skipped = select_rows(index.keys, shard.name, self.store.existing([shard.name]), self.storage,
+                                    self.cfg.retry_errors)
         self.skipped += skipped
         self.progress.skip(skipped)
-        self.open_rows[shard.name] = len(todo) + 1  # +1 until this method is done with the shard
-        good = []
-        for row in todo:
-            self.pending[row.key] = shard.name
-            self.plan_index[row.key] = row
-        for row in todo:
-            if row.problems:
-                self._record_error(row, "; ".join(row.problems), generated=False)
-            else:
-                good.append(row)
+        if not todo:
+            self._close_shard_now(shard.name)
+            return True
+        self.open_rows[shard.name] = len(todo)
+        keys = index.keys
+        for position in todo:
+            self.pending[keys[position]] = (shard.name, position)
         # longest first: similar lengths share units, and the long tail does not come last
-        good.sort(key=lambda r: r.expected_bytes, reverse=True)
-        self.queue.extend([r.key for r in good])
-        self.open_rows[shard.name] -= 1
-        if not self.open_rows[shard.name]:
-            self._close_shard(shard.name)
+        order = np.asarray(todo, np.int64)
+        order = order[np.argsort(-lengths[order], kind="stable")]
+        self.queue.extend([keys[position] for position in order.tolist()])
         return True
+
+    def _close_shard_now(self, shard: str) -> None:
+        self.open_rows[shard] = 0
+        self._close_shard(shard)
 
     def feed(self) -> bool:
         """Keep at least ``QUEUE_ROWS`` rows queued, loading shards as needed; True while shards are left."""
@@ -156,48 +161,28 @@ class _Job:
             pass
         return self.next_shard < len(self.plan.shards)
 
+    def locate(self, key: str) -> tuple[str, int]:
+        return self.pending[key]
+
     def on_batch(self, result: BatchResult, replica_info: dict[str, Any]) -> None:
-        """Record each row the replica finished (it wrote the audio already: the metadata row is the
-        commit record). A write error that every row would hit stops the job."""
-        model = replica_info.get("model") or self.model_info
+        """Record the rows a replica finished: it wrote their audio and built their metadata, which
+        is appended as it came (the metadata row is the commit record). A write error that every row
+        would hit stops the job."""
         if replica_info.get("model"):
-            self.model_info = model
-        fatal = None
-        ok = error = nbytes = 0
-        audio_s = 0.0
-        for r in result.rows:
-            if r.key not in self.pending:
-                continue
-            row = self.plan_index[r.key]
-            if r.fatal:  # not recorded: the row is redone when the job is resumed
-                fatal = fatal or r.error
-                continue
-            record = base_record(row, model)
-            record.update(
-                status=STATUS_REJECTED if r.rejected else STATUS_OK if r.ok else STATUS_ERROR, error=r.error,
-                attempts=self.queue.attempts.get(row.key, 0),
-                sample_rate=r.sample_rate, duration_s=r.duration_s, frames=r.frames, ended_by_eos=r.ended_by_eos,
-                seed=r.seed if r.seed is not None else row.seed, prompt_frames=r.prompt_frames,
-                max_new_frames=r.max_new_frames if r.max_new_frames is not None else row.max_new_frames,
-                replica=result.replica.get("name"), node=result.replica.get("node"),
-                device=result.replica.get("device"), batch_rows=result.slots or len(result.rows),
-                generation_s=r.generation_s, decode_s=r.write_s, chunks=r.chunks, chunk_frames=r.chunk_frames,
-                end_tag_applied=r.end_tag_applied, quality_seeds=r.quality_seeds,
-                quality_attempts=len(r.quality_seeds) if r.quality_seeds else None,
-                **{k: v for k, v in (r.metrics or {}).items() if k != "duration_s"},  # that one is there
-                finished_at=datetime.now(timezone.utc), audio_bytes=r.audio_bytes if r.ok else None,
-            )
-            if r.ok:
-                record["audio_path"] = r.audio_path or row.audio_path
-            self.store.add(record, r.audio if r.ok else None)
-            self._recorded(row.key)
-            if r.ok:  # a rejected row's audio is written too; it counts as not ok
-                audio_s, nbytes = audio_s + (r.duration_s or 0.0), nbytes + (r.audio_bytes or 0)
-            ok, error = (ok + 1, error) if r.ok and not r.rejected else (ok, error + 1)
-        self.progress.rows(ok, error, audio_s, nbytes)
-        if fatal:
-            raise PipelineError(f"cannot write audio to {self.job_dir}: {fatal}. Free space or fix permissions or "
-                                "credentials, then run the same command again to resume.")
+            self.model_info = replica_info["model"]
+        pending = self.pending
+        if not all(key in pending for key in result.keys):  # recorded already (given up meanwhile)
+            result = result.only(pending)
+        for shard in result.tables:
+            self.store.add_table(shard, result.table(shard))
+        for key in result.keys:
+            self._recorded(key)
+        self.progress.rows(result.ok, result.failed, result.audio_s, result.audio_bytes)
+        if result.refused:
+            self.progress.rows(0, result.refused, generated=False)
+        if result.fatal:
+            raise PipelineError(f"cannot write audio to {self.job_dir}: {result.fatal[0][1]}. Free space or fix "
+                                "permissions or credentials, then run the same command again to resume.")
 
     # -- steps -----------------------------------------------------------------------------
     def prepare(self) -> None:
@@ -243,7 +228,7 @@ class _Job:
         self.progress = Progress(self.plan.total_rows, enabled=cfg.output.progress)
         self.queue = WorkQueue([], cfg.cluster.unit_rows, cfg.cluster.max_attempts)
         while not len(self.queue) and self._load_next_shard():
-            pass  # Ray starts only when some row needs generating
+            pass  # Ray starts only when some row is left to do
         if not len(self.queue):
             return
         import ray
@@ -264,14 +249,15 @@ class _Job:
                                    chunk_seconds=cfg.generation.chunk_seconds,
                                    tail_seconds=cfg.generation.tail_seconds,
                                    end_tag=cfg.generation.end_tag == EndTagMode.auto,
-                                   quality=cfg.quality if cfg.quality.metrics or gates_on(cfg.quality) else None)
+                                   quality=cfg.quality if cfg.quality.metrics or gates_on(cfg.quality) else None,
+                                   job=context, prompt_timeout_s=cfg.data.prompt_timeout_s,
+                                   prompt_max_bytes=int(cfg.data.prompt_max_mb * 2**20))
 
-        prompts = PromptStore(timeout_s=cfg.data.prompt_timeout_s, max_bytes=int(cfg.data.prompt_max_mb * 2**20))
+        context = JobContext.of(cfg, self.plan, self.job_seed, self.voice_clips)
         self.scheduler = Scheduler(
-            cfg=cfg.cluster, queue=self.queue, rows=self.plan_index, settings=settings, count=rplan.count,
+            cfg=cfg.cluster, queue=self.queue, locate=self.locate, settings=settings, count=rplan.count,
             resources={"num_cpus": rplan.num_cpus, "num_gpus": rplan.num_gpus}, replica_cls=self.replica_cls,
-            on_batch=self.on_batch, on_error=self._record_error, on_tick=self.progress.refresh, prompts=prompts,
-            feed=self.feed,
+            on_batch=self.on_batch, on_error=self._record_error, on_tick=self.progress.refresh, feed=self.feed,
         )
         self.scheduler.run()
 
@@ -300,6 +286,9 @@ class _Job:
             "wall_s": round(wall, 3), "audio_s": round(p.audio_s, 3), "bytes_written": p.bytes,
             "driver_peak_rss_mb": round(_peak_rss_mb(), 1),
             "driver_cpu_s": round(time.process_time() - self.cpu_started, 3),
+            # from the first replica ready to the end: what coordinating rows costs, without start-up
+            "driver_steady_cpu_s": round(time.process_time() - self.scheduler.first_ready_cpu, 3)
+            if self.scheduler and self.scheduler.first_ready_cpu is not None else None,
             "rows_per_s": round((p.ok + p.error) / wall, 4) if wall > 0 else 0.0,
             "audio_s_per_wall_s": round(p.audio_s / wall, 4) if wall > 0 else 0.0,  # "x real time"
             "wall_s_per_audio_s": round(wall / p.audio_s, 4) if p.audio_s > 0 else None,

@@ -18,12 +18,13 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Iterable, Optional
 
+import numpy as np
 import pyarrow as pa
 
 from .storage import Storage
 
 if TYPE_CHECKING:
-    from .plan import JobPlan
+    from .plan import JobPlan, ShardIndex
     from .rows import RowSpec
 
 STATUS_OK = "ok"
@@ -116,6 +117,73 @@ def error_record(row: "RowSpec", message: str, model: dict[str, Any], attempts: 
     return rec
 
 
+def outcome_record(row: "RowSpec", r: Any, model: dict[str, Any], replica: dict[str, Any], attempts: int,
+                   batch_rows: int) -> dict[str, Any]:
+    """The metadata row of a row a replica finished (``r``: its ``replica.RowResult``). A row whose
+    audio came out is written before this record exists: the record is the commit."""
+    record = base_record(row, model)
+    record.update(
+        status=STATUS_REJECTED if r.rejected else STATUS_OK if r.ok else STATUS_ERROR, error=r.error,
+        attempts=attempts, sample_rate=r.sample_rate, duration_s=r.duration_s, frames=r.frames,
+        ended_by_eos=r.ended_by_eos, seed=r.seed if r.seed is not None else row.seed, prompt_frames=r.prompt_frames,
+        max_new_frames=r.max_new_frames if r.max_new_frames is not None else row.max_new_frames,
+        replica=replica.get("name"), node=replica.get("node"), device=replica.get("device"), batch_rows=batch_rows,
+        generation_s=r.generation_s, decode_s=r.write_s, chunks=r.chunks, chunk_frames=r.chunk_frames,
+        end_tag_applied=r.end_tag_applied, quality_seeds=r.quality_seeds,
+        quality_attempts=len(r.quality_seeds) if r.quality_seeds else None,
+        **{k: v for k, v in (r.metrics or {}).items() if k != "duration_s"},  # that one is there
+        finished_at=datetime.now(timezone.utc), audio_bytes=r.audio_bytes if r.ok else None,
+    )
+    if r.ok:
+        record["audio_path"] = r.audio_path or row.audio_path
+    return record
+
+
+def records_table(records: list[dict[str, Any]], carried: Optional[pa.Table],
+                  audio: Optional[list[Optional[bytes]]] = None) -> pa.Table:
+    """Metadata rows as a table: our columns, then the shard's carried-through input columns (taken
+    by ``row_index``), then with ``audio`` the embedded audio column."""
+    table = pa.Table.from_pylist(records, schema=OWN_SCHEMA)
+    if carried is not None and carried.num_columns:
+        picked = carried.take(pa.array([r["row_index"] for r in records], pa.int64()))
+        for name, column in zip(picked.column_names, picked.columns):
+            table = table.append_column(name, column)
+    if audio is not None:
+        cells = [None if b is None else {"bytes": b, "path": os.path.basename(r.get("audio_path") or "")}
+                 for r, b in zip(records, audio)]
+        table = table.append_column(pa.field("audio", AUDIO_TYPE), pa.array(cells, AUDIO_TYPE))
+    return table
+
+
+def _newest_in_order(merged: pa.Table, index: "ShardIndex") -> np.ndarray:
+    """Which records of ``merged`` (the shard's merged file, then its parts, oldest first) to keep:
+    the newest of each key, in input order (row, then sweep point). A record whose key is not in
+    this run's plan is kept unless a planned row holds its input cell under another key. Column-wise
+    (Arrow hashing, numpy sorting): a shard of 100,000 rows merges in well under a second."""
+    import pyarrow.compute as pc
+
+    n = merged.num_rows
+    keys = merged.column("key")
+    rows = np.arange(n)
+    key_id = pc.index_in(keys, value_set=pc.unique(keys)).to_numpy(zero_copy_only=False)
+    by_key = np.lexsort((rows, key_id))
+    newest = by_key[np.append(key_id[by_key][1:] != key_id[by_key][:-1], True)]  # the last of each key
+    position = pc.index_in(keys, value_set=pa.array(index.keys, pa.string())).to_numpy(zero_copy_only=False)
+    position = np.where(np.isnan(position.astype(float)), -1, position).astype(np.int64)[newest]
+    row_index = merged.column("row_index").to_numpy(zero_copy_only=False)[newest]
+    outside = np.nonzero(position < 0)[0]
+    if len(outside):  # records of rows this run did not plan (another run's data.limit, older keys)
+        tags = set(index.points)
+        planned_rows = len(index.keys) // len(index.points)
+        sweep = merged.column("sweep_point").take(pa.array(newest[outside], pa.int64())).to_pylist()
+        owned = np.array([0 <= row_index[k] < planned_rows and tag in tags for k, tag in zip(outside, sweep)], bool)
+        keep = np.ones(len(newest), bool)
+        keep[outside[owned]] = False
+        newest, position, row_index = newest[keep], position[keep], row_index[keep]
+    secondary = np.where(position >= 0, position, len(index.keys))
+    return newest[np.lexsort((newest, secondary, row_index))]
+
+
 @dataclass
 class Existing:
     """What an earlier run recorded for a row."""
@@ -134,7 +202,7 @@ class MetadataStore:
         self.embed_audio = embed_audio
         self.flush_rows = max(1, flush_rows)
         self.flush_seconds = flush_seconds
-        self._buffer: dict[str, list[tuple[dict[str, Any], Optional[bytes]]]] = defaultdict(list)
+        self._buffer: dict[str, list[pa.Table]] = defaultdict(list)
         self._buffered = 0
         self._last_flush = time.monotonic()
         self._seq = 0
@@ -152,7 +220,7 @@ class MetadataStore:
         """The last recorded status of every row an earlier run finished (default: in the shards
         planned now)."""
         found: dict[str, Existing] = {}
-        for shard in (self.plan.loaded if shards is None else shards):
+        for shard in (self.plan.index if shards is None else shards):
             for path in self._sources(shard):
                 table = self.storage.read_table(path, columns=["key", "status", "audio_path"])
                 for key, status, audio in zip(*(table.column(c).to_pylist() for c in table.column_names)):
@@ -161,37 +229,33 @@ class MetadataStore:
 
     # -- writing ---------------------------------------------------------------------------
     def add(self, record: dict[str, Any], audio: Optional[bytes] = None) -> None:
-        """Queue one finished row; write a part when the buffer is big or old enough."""
-        self._buffer[record["shard"]].append((record, audio if self.embed_audio else None))
-        self._buffered += 1
+        """Queue one finished row (a driver-side record, e.g. a row given up after its attempts)."""
+        shard = record["shard"]
+        self.add_table(shard, records_table([record], self.plan.carried.get(shard),
+                                            [audio] if self.embed_audio else None))
+
+    def add_table(self, shard: str, table: pa.Table) -> None:
+        """Queue finished rows of one shard as a table (``records_table``, as replicas build them);
+        write a part when the buffer is big or old enough."""
+        if not table.num_rows:
+            return
+        self._buffer[shard].append(table)
+        self._buffered += table.num_rows
         if self._buffered >= self.flush_rows or time.monotonic() - self._last_flush >= self.flush_seconds:
             self.flush()
 
     def flush(self) -> None:
         """Write every buffered row to part files now."""
-        for shard, items in self._buffer.items():
-            if items:
+        for shard, tables in self._buffer.items():
+            if tables:
                 self._seq += 1
                 name = f"{time.time_ns():020d}-{os.getpid()}-{self._seq:06d}.parquet"
-                self._write(f"metadata/_parts/{shard}/{name}", self._table(shard, items))
+                table = pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
+                # one chunk per column: Parquet writes it ~2.5x faster than hundreds of small ones
+                self._write(f"metadata/_parts/{shard}/{name}", table.combine_chunks())
         self._buffer.clear()
         self._buffered = 0
         self._last_flush = time.monotonic()
-
-    def _table(self, shard: str, items: list[tuple[dict[str, Any], Optional[bytes]]]) -> pa.Table:
-        records = [r for r, _ in items]
-        table = pa.Table.from_pylist(records, schema=OWN_SCHEMA)
-        carried = self.plan.carried.get(shard)
-        if carried is not None and carried.num_columns:
-            picked = carried.take(pa.array([r["row_index"] for r in records], pa.int64()))
-            for name, column in zip(picked.column_names, picked.columns):
-                table = table.append_column(name, column)
-        if self.embed_audio:
-            cells = [None if b is None else {"bytes": b, "path": os.path.basename(r["audio_path"] or "")}
-                     for r, b in items]
-            audio = pa.array(cells, AUDIO_TYPE)
-            table = table.append_column(pa.field("audio", AUDIO_TYPE), audio)
-        return table
 
     def _write(self, rel: str, table: pa.Table) -> None:
         if "audio" in table.column_names:
@@ -208,21 +272,16 @@ class MetadataStore:
         planned row now holds the same input cell (shard, row index, sweep point) under another key.
         """
         self.flush()
-        for shard in list(self.plan.loaded if shards is None else shards):
-            rows = self.plan.loaded[shard]
-            order = {r.key: n for n, r in enumerate(rows)}
+        for shard in list(self.plan.index if shards is None else shards):
+            index = self.plan.index[shard]
             parts = self._parts(shard)
             sources = self._sources(shard)
             if not sources:
                 continue
             tables = [self.storage.read_table(p) for p in sources]
             merged = pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
-            keys = merged.column("key").to_pylist()
-            cells = list(zip(merged.column("row_index").to_pylist(), merged.column("sweep_point").to_pylist()))
-            owned = {(r.row_index, r.sweep_point) for r in rows}
-            last = {key: i for i, key in enumerate(keys) if key in order or cells[i] not in owned}
-            picked = sorted(last.values(), key=lambda i: (cells[i][0], order.get(keys[i], len(order)), i))
-            self._write(f"metadata/{shard}.parquet", merged.take(pa.array(picked, pa.int64())))
+            picked = _newest_in_order(merged, index)
+            self._write(f"metadata/{shard}.parquet", merged.take(pa.array(picked, pa.int64())).combine_chunks())
             for p in parts:
                 self.storage.delete(p)
             self._remove_empty_parts(shard)

@@ -39,6 +39,7 @@ class JobPlan:
     loaded: dict[str, list[RowSpec]] = field(default_factory=dict)  # shard -> its rows, input order
     carried: dict[str, pa.Table] = field(default_factory=dict)  # shard -> carried-through columns
     renamed: dict[str, str] = field(default_factory=dict)  # input column -> metadata column, on clashes
+    index: dict[str, "ShardIndex"] = field(default_factory=dict)  # shard -> its keys (shards open now)
 
     @property
     def rows(self) -> list[RowSpec]:
@@ -56,6 +57,7 @@ class JobPlan:
     def release(self, shard: str) -> None:
         self.loaded.pop(shard, None)
         self.carried.pop(shard, None)
+        self.index.pop(shard, None)
 
 
 def check_defaults(cfg: JobConfig) -> None:
@@ -197,55 +199,143 @@ def _read_shard(shard: Shard, size: int) -> pa.Table:
         raise PipelineError(f"cannot read {shard.uri}: {e}") from e
 
 
+@dataclass
+class ShardIndex:
+    """What the driver keeps of a planned shard: every output row's key, in input order (row i at
+    sweep point p is position ``i * points + p``). No cell is parsed here: the replicas plan the rows
+    they run (``ShardPlanner``), so the driver's work per row stays a few list operations."""
+
+    keys: list[str]
+    points: list[Optional[str]]  # sweep tag of each point
+
+    def cell(self, position: int) -> tuple[int, Optional[str]]:
+        """(row_index, sweep_point) of a position."""
+        return position // len(self.points), self.points[position % len(self.points)]
+
+
+def _keys(ids: list[str], shard: Shard, duplicates: set[str], points: list[tuple[Optional[str], Any]]) -> list[str]:
+    """Each output row's key: the id (shard-qualified when the job uses it twice), then the sweep tag."""
+    base = [f"{row_id}@{shard.name}:{i}" if row_id in duplicates else row_id for i, row_id in enumerate(ids)] \
+        if duplicates else ids
+    if len(points) == 1 and points[0][0] is None:
+        return list(base)
+    return [k if tag is None else f"{k}|{tag}" for k in base for tag, _ in points]
+
+
+def _ids(table: pa.Table, cfg: JobConfig, shard: Shard) -> tuple[list[str], dict[int, str]]:
+    raw, problems = (read_cells(table, cfg.data.id_column) if cfg.data.id_column in table.column_names
+                     else ([None] * table.num_rows, {}))
+    return [_row_id(v, shard, i) for i, v in enumerate(raw)], problems
+
+
+def index_shard(cfg: JobConfig, plan: JobPlan, shard: Shard) -> tuple[ShardIndex, np.ndarray]:
+    """The driver's view of a shard: its keys, and each position's expected script bytes (text plus
+    prompt transcript, for the longest-first order), read column-wise without parsing a cell."""
+    size = plan.sizes[shard.name]
+    try:
+        with shard.filesystem.open_input_file(shard.path) as f:
+            pf = pq.ParquetFile(f)
+            wanted = [c for c in (cfg.data.id_column, cfg.data.text_column, "prompt_transcript")
+                      if c in pf.schema_arrow.names]
+            table = pf.read(columns=wanted).slice(0, size)
+    except Exception as e:
+        raise PipelineError(f"cannot read {shard.uri}: {e}") from e
+    ids, _ = _ids(table, cfg, shard)
+    lengths = np.zeros(size, np.int64)
+    for name in (cfg.data.text_column, "prompt_transcript"):
+        if name in table.column_names and (_is_text(table.column(name).type)
+                                           or pa.types.is_binary(table.column(name).type)):
+            column = table.column(name).cast(pa.large_binary())  # bytes, never a UTF-8 check
+            lengths += pa.compute.fill_null(pa.compute.binary_length(column), 0).to_numpy()
+    index = ShardIndex(_keys(ids, shard, plan.duplicates, plan.points), [tag for tag, _ in plan.points])
+    plan.index[shard.name] = index
+    return index, np.repeat(lengths, len(plan.points))
+
+
+class ShardPlanner:
+    """One shard's rows as RowSpecs, made on demand: the cells are decoded once per shard, each row
+    is parsed and checked only when asked for (``row(position)``). Replicas use it for the rows they
+    run; tests and small jobs plan whole shards through ``plan_shard``.
+
+    File stems are allocated for the whole shard up front, in input order, so a row's audio name
+    does not depend on which replica plans it or when."""
+
+    def __init__(self, cfg: JobConfig, shard: Shard, size: int, duplicates: set[str],
+                 points: list[tuple[Optional[str], dict[str, Any]]], job_seed: int,
+                 check_script: Callable[[str], list[str]],
+                 voice_check: Optional[Callable[[Any, Optional[str]], list[str]]] = None) -> None:
+        self.cfg, self.shard, self.points, self.job_seed = cfg, shard, points, job_seed
+        self.check_script, self.voice_check = check_script, voice_check
+        table = _read_shard(shard, size)
+        ids, id_problems = _ids(table, cfg, shard)
+        self.ids = ids
+        names, self.renamed = _carried_columns(table.schema, cfg)
+        carried, carried_problems = clean_carried(table.select(names))
+        self.carried = carried.rename_columns([self.renamed.get(n, n) for n in names])
+        self.bad_cells: dict[int, list[str]] = defaultdict(list)  # row -> cells that could not be decoded
+        for problems in (id_problems, carried_problems):
+            for i, problem in problems.items():
+                self.bad_cells[i].append(problem)
+        self.columns: dict[str, list[Any]] = {}
+        self.bad_text: set[int] = set()
+        for name, src in [("text", cfg.data.text_column),
+                          *((c, c) for c in (*OVERRIDES, *PROMPT_COLUMNS, *VOICE_COLUMNS))]:
+            if src in table.column_names:
+                self.columns[name], problems = read_cells(table, src)
+                for i, problem in problems.items():
+                    self.bad_cells[i].append(problem)
+                self.bad_text |= set(problems) if name == "text" else set()
+        del table
+        self.keys = _keys(ids, shard, duplicates, points)
+        self.duplicates = duplicates
+        ext = cfg.output.format.value
+        stems = StemAllocator()
+        self.paths: list[str] = []
+        for i, row_id in enumerate(ids):
+            base_key = f"{row_id}@{shard.name}:{i}" if row_id in duplicates else row_id
+            for tag, _ in points:
+                stem = stems.allocate(row_id, unique=base_key, suffix=f"__{tag}" if tag else "")
+                self.paths.append(f"audio/{shard.name}/{stem}.{ext}")
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def row(self, position: int) -> RowSpec:
+        """The RowSpec at ``position`` (row ``position // points`` at sweep point ``position % points``)."""
+        from .scripts import is_long
+
+        i, p = divmod(position, len(self.points))
+        row_id = self.ids[i]
+        parsed = parse_cells({name: values[i] for name, values in self.columns.items()}, self.check_script)
+        if i in self.bad_cells:  # an undecodable text cell is not also "missing"
+            parsed.problems = self.bad_cells[i] + [q for q in parsed.problems
+                                                   if i not in self.bad_text or q != MISSING_TEXT]
+        if self.voice_check is not None:
+            parsed.problems += self.voice_check(parsed.voices, parsed.audio_prompt)
+        long_form = parsed.text is not None and is_long(self.cfg.generation, parsed.script)
+        tag, values = self.points[p]
+        base_key = f"{row_id}@{self.shard.name}:{i}" if row_id in self.duplicates else row_id
+        return make_row(
+            parsed=parsed, key=self.keys[position], row_id=row_id, shard=self.shard.name,
+            shard_folder=self.shard.folder_uri, row_index=i, point=p, sweep_point=tag, sweep_values=values,
+            defaults=self.cfg.generation, job_seed=self.job_seed, seed_key=base_key,
+            audio_path=self.paths[position], long_form=long_form,
+        )
+
+
 def plan_shard(cfg: JobConfig, plan: JobPlan, shard: Shard, job_seed: int,
                check_script: Callable[[str], list[str]],
                voice_check: Optional[Callable[[Any, Optional[str]], list[str]]] = None) -> list[RowSpec]:
-    """Turn one shard into its RowSpecs (each row at each sweep point, with a unique key and file
-    name), kept in ``plan.loaded`` with its carried-through columns until ``plan.release``.
+    """Turn one whole shard into its RowSpecs (each row at each sweep point, with a unique key and
+    file name), kept in ``plan.loaded`` with its carried-through columns until ``plan.release``.
     ``voice_check(voices, audio_prompt)``: the problems of a row's named voices."""
-    from .scripts import is_long
-    table = _read_shard(shard, plan.sizes[shard.name])
-    ext = cfg.output.format.value
-    raw, id_problems = (read_cells(table, cfg.data.id_column) if cfg.data.id_column in table.column_names
-                        else ([None] * table.num_rows, {}))
-    ids = [_row_id(v, shard, i) for i, v in enumerate(raw)]
-    names, renamed = _carried_columns(table.schema, cfg)
-    carried, carried_problems = clean_carried(table.select(names))
-    plan.carried[shard.name] = carried.rename_columns([renamed.get(n, n) for n in names])
-    plan.renamed.update(renamed)
-    bad_cells: dict[int, list[str]] = defaultdict(list)  # row -> cells that could not be decoded
-    for problems in (id_problems, carried_problems):
-        for i, problem in problems.items():
-            bad_cells[i].append(problem)
-    columns, bad_text = {}, set()
-    for name, src in [("text", cfg.data.text_column),
-                      *((c, c) for c in (*OVERRIDES, *PROMPT_COLUMNS, *VOICE_COLUMNS))]:
-        if src in table.column_names:
-            columns[name], problems = read_cells(table, src)
-            for i, problem in problems.items():
-                bad_cells[i].append(problem)
-            bad_text |= set(problems) if name == "text" else set()
-    del table
-    stems = StemAllocator()
-    rows: list[RowSpec] = []
-    for i, row_id in enumerate(ids):
-        base_key = f"{row_id}@{shard.name}:{i}" if row_id in plan.duplicates else row_id
-        parsed = parse_cells({name: values[i] for name, values in columns.items()}, check_script)
-        if i in bad_cells:  # an undecodable text cell is not also "missing"
-            parsed.problems = bad_cells[i] + [p for p in parsed.problems if i not in bad_text or p != MISSING_TEXT]
-        if voice_check is not None:
-            parsed.problems += voice_check(parsed.voices, parsed.audio_prompt)
-        long_form = parsed.text is not None and is_long(cfg.generation, parsed.script)
-        for p, (tag, values) in enumerate(plan.points):
-            key = base_key if tag is None else f"{base_key}|{tag}"
-            stem = stems.allocate(row_id, unique=base_key, suffix=f"__{tag}" if tag else "")
-            rows.append(make_row(
-                parsed=parsed, key=key, row_id=row_id, shard=shard.name, shard_folder=shard.folder_uri,
-                row_index=i, point=p, sweep_point=tag, sweep_values=values, defaults=cfg.generation,
-                job_seed=job_seed, seed_key=base_key, audio_path=f"audio/{shard.name}/{stem}.{ext}",
-                long_form=long_form,
-            ))
+    planner = ShardPlanner(cfg, shard, plan.sizes[shard.name], plan.duplicates, plan.points, job_seed,
+                           check_script, voice_check)
+    plan.carried[shard.name] = planner.carried
+    plan.renamed.update(planner.renamed)
+    rows = [planner.row(k) for k in range(len(planner))]
     plan.loaded[shard.name] = rows
+    plan.index[shard.name] = ShardIndex(planner.keys, [tag for tag, _ in plan.points])
     return rows
 
 
@@ -255,3 +345,34 @@ def build_plan(cfg: JobConfig, job_seed: int, check_script: Callable[[str], list
     for shard in plan.shards:
         plan_shard(cfg, plan, shard, job_seed, check_script)
     return plan
+
+
+@dataclass
+class JobContext:
+    """What a replica needs to plan any row of the job itself: sent once, when the replica starts,
+    so that a unit of work is only (key, shard, position) triples."""
+
+    cfg: JobConfig
+    job_seed: int
+    shards: dict[str, tuple[Shard, int]]  # name -> (shard, rows used)
+    duplicates: set[str]
+    points: list[tuple[Optional[str], dict[str, Any]]]
+    voices: dict[str, Any]  # name -> voices.VoiceClip without its audio bytes (checks only)
+
+    @classmethod
+    def of(cls, cfg: JobConfig, plan: JobPlan, job_seed: int, clips: dict[str, Any]) -> "JobContext":
+        import dataclasses
+
+        return cls(cfg, job_seed, {s.name: (s, plan.sizes[s.name]) for s in plan.shards}, set(plan.duplicates),
+                   plan.points, {n: dataclasses.replace(c, audio=None) for n, c in clips.items()})
+
+    def planner(self, shard_name: str) -> ShardPlanner:
+        """A planner for one shard of the job (reads the shard)."""
+        from .scripts import script_checker
+        from .voices import voice_problems
+
+        shard, size = self.shards[shard_name]
+        clips = self.voices
+        return ShardPlanner(self.cfg, shard, size, self.duplicates, self.points, self.job_seed,
+                            script_checker(self.cfg.generation),
+                            lambda voices, prompt: voice_problems(voices, clips, prompt))

@@ -1,9 +1,7 @@
-"""Voice-clone prompt files: read on the driver off the scheduler loop, checked, and shared with
-replicas through Ray's object store.
+"""Voice-clone prompt files: read by the replicas that need them, once each, checked.
 
-A prompt is user input and may name anything: a FIFO, a device, a huge file, a slow mount. Reads
-therefore never run on the scheduler's thread: each one runs in a daemon thread with a deadline,
-only regular files are opened, and at most ``max_bytes`` are read. A read that is refused, fails or
+A prompt is user input and may name anything: a FIFO, a device, a huge file, a slow mount. Each
+read therefore runs in a daemon thread that the caller waits for only until a deadline, only regular files are opened, and at most ``max_bytes`` are read. A read that is refused, fails or
 runs past its deadline becomes that row's error; the job goes on.
 """
 from __future__ import annotations
@@ -13,9 +11,8 @@ import os
 import stat
 import threading
 import time
-from collections import OrderedDict, deque
-from dataclasses import dataclass, field
-from typing import Any, Optional
+from collections import OrderedDict
+from typing import Optional
 
 import soundfile as sf
 
@@ -80,70 +77,42 @@ def read_prompt(uri: str, max_bytes: int = DEFAULT_MAX_BYTES) -> tuple[Optional[
     return data, None
 
 
-@dataclass
-class _Read:
-    uri: str
-    started: float
-    done: threading.Event = field(default_factory=threading.Event)
-    result: tuple[Optional[bytes], Optional[str]] = (None, None)
-
-
-class PromptStore:
-    """Asynchronous prompt reads plus a cache of each prompt's object reference (or its problem).
-
-    ``get(uri)`` never blocks: it returns the cached ``(ObjectRef, None)`` or ``(None, reason)``, or
-    None while the read is still under way (call ``poll()`` from the loop to collect finished reads).
-    """
+class PromptReader:
+    """Prompt file reads with a deadline, each file read once: ``get(uri)`` returns ``(bytes, None)``
+    or ``(None, reason)`` within ``timeout_s``, however the file behaves. Thread-safe: a replica's
+    unit threads share one reader, and a second caller of a file being read waits for that read."""
 
     def __init__(self, *, timeout_s: float = DEFAULT_TIMEOUT_S, max_bytes: int = DEFAULT_MAX_BYTES,
-                 capacity: int = 512, max_parallel: int = 8) -> None:
+                 capacity: int = 64) -> None:
         self.timeout_s = timeout_s
         self.max_bytes = max_bytes
         self.capacity = capacity
-        self.max_parallel = max_parallel
-        self._cache: OrderedDict[str, tuple[Any, Optional[str]]] = OrderedDict()
-        self._running: dict[str, _Read] = {}
-        self._waiting: deque[str] = deque()
+        self._lock = threading.Lock()
+        self._cache: OrderedDict[str, tuple[Optional[bytes], Optional[str]]] = OrderedDict()
+        self._running: dict[str, tuple[threading.Event, list[tuple[Optional[bytes], Optional[str]]], float]] = {}
 
-    def get(self, uri: str) -> Optional[tuple[Any, Optional[str]]]:
-        """The prompt's entry, or None while it is being read (the read is started if needed)."""
-        if uri in self._cache:
-            self._cache.move_to_end(uri)
-            return self._cache[uri]
-        if uri not in self._running and uri not in self._waiting:
-            self._waiting.append(uri)
-            self._start_reads()
-        return None
+    def get(self, uri: str) -> tuple[Optional[bytes], Optional[str]]:
+        with self._lock:
+            if uri in self._cache:
+                self._cache.move_to_end(uri)
+                return self._cache[uri]
+            if uri not in self._running:
+                done, box = threading.Event(), []
 
-    def _start_reads(self) -> None:
-        while self._waiting and len(self._running) < self.max_parallel:
-            uri = self._waiting.popleft()
-            read = _Read(uri, time.monotonic())
+                def work() -> None:
+                    box.append(read_prompt(uri, self.max_bytes))
+                    done.set()
 
-            def work(r: _Read = read) -> None:
-                r.result = read_prompt(r.uri, self.max_bytes)
-                r.done.set()
-
-            # a daemon thread: one stuck on a dead mount can be abandoned and never blocks exit
-            threading.Thread(target=work, name="prompt-read", daemon=True).start()
-            self._running[uri] = read
-
-    def poll(self) -> None:
-        """Move finished (or overdue) reads into the cache; start waiting ones."""
-        import ray
-
-        now = time.monotonic()
-        for uri, read in list(self._running.items()):
-            if read.done.is_set():
-                data, problem = read.result
-                entry = (ray.put(data) if data is not None else None, problem)
-            elif now - read.started > self.timeout_s:
-                entry = (None, f"reading audio_prompt {uri} took longer than {self.timeout_s:g} s "
-                               "(data.prompt_timeout_s): a slow mount or a file that never ends?")
-            else:
-                continue
-            del self._running[uri]
+                # a daemon thread: one stuck on a dead mount is abandoned at the deadline, never joined
+                threading.Thread(target=work, name="prompt-read", daemon=True).start()
+                self._running[uri] = (done, box, time.monotonic())
+            done, box, started = self._running[uri]
+        done.wait(max(0.0, started + self.timeout_s - time.monotonic()))
+        entry = box[0] if box else (None, f"reading audio_prompt {uri} took longer than {self.timeout_s:g} s "
+                                          "(data.prompt_timeout_s): a slow mount or a file that never ends?")
+        with self._lock:
+            self._running.pop(uri, None)
             self._cache[uri] = entry
-        while len(self._cache) > self.capacity:
-            self._cache.popitem(last=False)
-        self._start_reads()
+            while len(self._cache) > self.capacity:
+                self._cache.popitem(last=False)
+        return entry

@@ -7,7 +7,6 @@ from typing import Any, Optional
 from .config import TINY_RANDOM, JobConfig, to_plain
 from .errors import PipelineError
 from .metadata import STATUS_ERROR, STATUS_OK, STATUS_REJECTED, Existing
-from .rows import RowSpec
 from .storage import Storage
 
 JOB_JSON = "job.json"
@@ -79,25 +78,24 @@ def check_fingerprint(previous: dict[str, Any], current: dict[str, Any], job_dir
         )
 
 
-def select_rows(rows: list[RowSpec], existing: dict[str, Existing], storage: Storage,
-                retry_errors: bool) -> tuple[list[RowSpec], int]:
-    """(rows still to do, number already done). Done: status ok with its audio file present, or
-    status error unless ``retry_errors``. The metadata row is the commit record: an audio object
-    without one is made again (to the same name), never counted; the audio folder is listed once,
-    not asked about row by row (one request per row would crawl on an object store)."""
-    todo: list[RowSpec] = []
-    done = 0
+def select_rows(keys: list[str], shard: str, existing: dict[str, Existing], storage: Storage,
+                retry_errors: bool) -> tuple[list[int], int]:
+    """(positions of the shard's keys still to do, number already done). Done: status ok with its
+    audio file present, or status error unless ``retry_errors``. The metadata row is the commit
+    record: an audio object without one is made again (to the same name), never counted; the audio
+    folder is listed once, not asked about row by row (one request per row would crawl on an object
+    store)."""
+    if not existing:
+        return list(range(len(keys))), 0
     present: set[str] = set()
     if any(e.status == STATUS_OK for e in existing.values()):
-        for shard in {r.shard for r in rows}:
-            present.update(storage.files(f"audio/{shard}"))
-    for row in rows:
-        prev: Optional[Existing] = existing.get(row.key)
-        if prev is not None and (
+        present.update(storage.files(f"audio/{shard}"))
+    todo: list[int] = []
+    for position, key in enumerate(keys):
+        prev: Optional[Existing] = existing.get(key)
+        if prev is None or not (
             (prev.status == STATUS_OK and prev.audio_path and prev.audio_path in present)
             or (prev.status in (STATUS_ERROR, STATUS_REJECTED) and not retry_errors)
         ):
-            done += 1
-        else:
-            todo.append(row)
-    return todo, done
+            todo.append(position)
+    return todo, len(keys) - len(todo)

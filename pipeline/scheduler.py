@@ -24,9 +24,7 @@ from ray.exceptions import ActorUnavailableError, RayTaskError
 from .config import ClusterConfig
 from .errors import PipelineError
 from .ledger import start_ledger
-from .prompts import PromptStore
 from .replica import BatchResult, ReplicaSettings
-from .rows import RowSpec, pack_rows
 from .workqueue import Unit, WorkQueue
 
 log = logging.getLogger("pipeline")
@@ -112,28 +110,26 @@ class Scheduler:
         *,
         cfg: ClusterConfig,
         queue: WorkQueue,
-        rows: dict[str, RowSpec],
+        locate: Callable[[str], tuple[str, int]],
         settings: Callable[[str], ReplicaSettings],
         count: int,
         resources: dict[str, float],
         replica_cls: type,
         on_batch: Callable[[BatchResult, dict[str, Any]], None],
-        on_error: Callable[[RowSpec, str, int], None],
+        on_error: Callable[[str, str, int], None],
         on_tick: Callable[[], None] = lambda: None,
-        prompts: Optional[PromptStore] = None,
         feed: Callable[[], bool] = lambda: False,
     ) -> None:
         self.cfg = cfg
         self.queue = queue
-        self.rows = rows
+        self.locate = locate  # key -> (shard, position): what a replica needs to plan the row
         self.on_batch = on_batch
         self.on_error = on_error
         self.on_tick = on_tick
         self.feed = feed  # tops the queue up; True while more rows may come
-        self.prompts = prompts or PromptStore()
-        self.parked: list[Unit] = []  # units waiting for their prompt files to be read
         self.inflight: dict[Any, _Task] = {}
         self.first_ready_at: Optional[float] = None
+        self.first_ready_cpu: Optional[float] = None  # the driver's CPU time then (its steady cost is after)
         self.resources = dict(resources)  # num_cpus / num_gpus per replica
         self._no_active_since = time.monotonic()
         self.ledger = start_ledger()
@@ -173,7 +169,8 @@ class Scheduler:
             return
         slot.state, slot.info = ACTIVE, info
         slot.ready_at = slot.ready_at or time.time()
-        self.first_ready_at = self.first_ready_at or slot.ready_at
+        if self.first_ready_at is None:
+            self.first_ready_at, self.first_ready_cpu = slot.ready_at, time.process_time()
         if info.get("node") and (not slot.nodes or slot.nodes[-1] != info["node"]):
             slot.nodes.append(info["node"])
         log.info("%s ready on %s (%s)", slot.name, info.get("host"), info.get("device"))
@@ -213,57 +210,19 @@ class Scheduler:
         self._charge(charged, reason)
 
     # -- dispatch ------------------------------------------------------------------------------
-    def _payload(self, unit: Unit) -> Optional[tuple[list[RowSpec], dict[str, Any]]]:
-        """The unit's rows and prompt references; None while a prompt file is still being read.
-        A row whose prompt cannot be used becomes an error here."""
-        entries = {}
-        for key in unit.keys:
-            uri = self.rows[key].prompt_uri
-            if uri and uri not in entries:
-                entries[uri] = self.prompts.get(uri)
-        if any(e is None for e in entries.values()):
-            return None
-        rows, prompts = [], {}
-        for key in unit.keys:
-            row = self.rows[key]
-            if row.prompt_uri:
-                ref, problem = entries[row.prompt_uri]
-                if problem:
-                    self.on_error(row, problem, self.queue.attempts.get(key, 0))
-                    continue
-                prompts[row.prompt_uri] = ref
-            rows.append(row)
-        return rows, prompts
-
-    def _unpark(self) -> None:
-        """Units whose prompts have all been read go back to the front of the queue."""
-        self.prompts.poll()
-        waiting = []
-        for unit in reversed(self.parked):
-            if all(self.prompts.get(self.rows[k].prompt_uri) is not None for k in unit.keys
-                   if self.rows[k].prompt_uri):
-                self.queue.give_back(unit)
-            else:
-                waiting.append(unit)
-        self.parked = waiting[::-1]
-
     def _dispatch(self) -> None:
-        self._unpark()
+        attempts = self.queue.attempts
         for slot in self.slots:
             limit = units_for(int(slot.info.get("slots") or 0), self.cfg.unit_rows, self.cfg.units_in_flight)
             while slot.room(limit):
                 unit = self.queue.take(replica_idle=not slot.inflight)
                 if unit is None:
                     break
-                payload = self._payload(unit)
-                if payload is None:  # its prompts are being read: take the next unit meanwhile
-                    self.parked.append(unit)
-                    continue
-                rows, prompts = payload
-                if not rows:
-                    continue
-                gen = slot.handle.run_unit.remote(pack_rows(rows), prompts)
-                task = _Task(unit, slot, {r.key for r in rows})
+                # the replica plans the rows itself: a unit is only where each row is
+                items = [(key, *self.locate(key)) for key in unit.keys]
+                tries = {key: attempts[key] for key in unit.keys if key in attempts}
+                gen = slot.handle.run_unit.remote(items, tries)
+                task = _Task(unit, slot, set(unit.keys))
                 slot.inflight[gen] = self.inflight[gen] = task
 
     # -- results -------------------------------------------------------------------------------
@@ -275,7 +234,7 @@ class Scheduler:
         """Count one attempt for each row; rows at ``max_attempts`` become errors, the rest are re-queued."""
         for key in self.queue.failed(keys):
             n = self.queue.attempts[key]
-            self.on_error(self.rows[key], f"replica failed {n} times while generating this row (last: {reason})", n)
+            self.on_error(key, f"replica failed {n} times while generating this row (last: {reason})", n)
 
     def _on_generator(self, gen: Any) -> None:
         task = self.inflight[gen]
@@ -307,15 +266,17 @@ class Scheduler:
             self._probe(slot, PROBING)  # Ray restarts it unless its restarts are used up
             return
         slot.unit_errors_in_a_row = 0
-        fresh = [r for r in result.rows if r.key in task.remaining]
-        task.remaining.difference_update(r.key for r in fresh)
-        result.rows = fresh
+        delivered = result.keys + [key for key, _ in result.fatal]
+        if not task.remaining.issuperset(delivered):  # only rows this unit still owes count
+            result = result.only(task.remaining)
+            delivered = result.keys + [key for key, _ in result.fatal]
+        task.remaining.difference_update(delivered)
         slot.batches += 1
         slot.generation_s += result.generation_s
         slot.decode_s += result.decode_s
-        slot.rows_ok += sum(r.ok for r in fresh)
-        slot.rows_error += sum(not r.ok for r in fresh)
-        slot.bytes_written += sum(r.audio_bytes or 0 for r in fresh if r.ok)
+        slot.rows_ok += result.ok
+        slot.rows_error += result.failed + result.refused
+        slot.bytes_written += result.audio_bytes
         self.on_batch(result, slot.info)
 
     # -- the loop ------------------------------------------------------------------------------
@@ -327,7 +288,7 @@ class Scheduler:
         waiting = [s for s in self.slots if s.state in (STARTING, PROBING)]
         if not waiting:
             reasons = "; ".join(f"{s.name}: {s.last_error}" for s in self.slots if s.last_error)
-            left = len(self.queue) + sum(len(u.keys) for u in self.parked)
+            left = len(self.queue)
             raise PipelineError(f"no replica is left to run the remaining {left} rows. {reasons}")
         if now - self._no_active_since > self.cfg.start_timeout_s:
             raise PipelineError(
@@ -338,7 +299,7 @@ class Scheduler:
     def run(self) -> None:
         """Until every queued row is finished or given up."""
         try:
-            while self.feed() or len(self.queue) or self.inflight or self.parked:
+            while self.feed() or len(self.queue) or self.inflight:
                 now = time.monotonic()
                 for slot in self.slots:
                     if slot.probe_again_at is not None and slot.probe_again_at <= now:
@@ -347,11 +308,10 @@ class Scheduler:
                 probes = {s.probe: s for s in self.slots if s.probe is not None}
                 waitables = [*self.inflight, *probes]
                 if not waitables:
-                    time.sleep(0.05)  # only replicas waiting to be asked again, or prompts being read
+                    time.sleep(0.05)  # only replicas waiting to be asked again
                     ready = []
                 else:
-                    timeout = 0.05 if self.parked else 1.0
-                    ready, _ = ray.wait(waitables, num_returns=1, timeout=timeout)
+                    ready, _ = ray.wait(waitables, num_returns=1, timeout=1.0)
                 for obj in ready:
                     if obj in probes:
                         self._on_probe(probes[obj])

@@ -463,13 +463,13 @@ def test_shards_are_planned_as_the_queue_needs_them(ray_local, pipeline_cfg, pip
     import pipeline.job as job_module
 
     loaded_at_plan = []
-    real = job_module.plan_shard
+    real = job_module.index_shard
 
     def watching(cfg, plan, shard, *args):
-        loaded_at_plan.append(len(plan.loaded))
+        loaded_at_plan.append(len(plan.index))
         return real(cfg, plan, shard, *args)
 
-    monkeypatch.setattr(job_module, "plan_shard", watching)
+    monkeypatch.setattr(job_module, "index_shard", watching)
     monkeypatch.setattr(job_module, "QUEUE_ROWS", 2)
     for k in range(4):
         rows = scripts(3, prefix=f"s{k}-")

@@ -356,12 +356,13 @@ def test_metadata_parts_merge_last_wins_in_input_order(pipeline_cfg, pipeline_pa
         {**base_record(rows[0], model), "status": STATUS_OK, "audio_path": rows[0].audio_path}
     )
     store.flush()
-    todo, done = select_rows(rows, store.existing(), Storage(str(job)), retry_errors=False)
-    assert [r.id for r in todo] == ["r0", "r2"] and done == 2
+    keys = [r.key for r in rows]
+    todo, done = select_rows(keys, "scripts", store.existing(), Storage(str(job)), retry_errors=False)
+    assert [rows[p].id for p in todo] == ["r0", "r2"] and done == 2
     (job / rows[0].audio_path).parent.mkdir(parents=True)
     (job / rows[0].audio_path).write_bytes(b"x")
-    todo, done = select_rows(rows, store.existing(), Storage(str(job)), retry_errors=True)
-    assert [r.id for r in todo] == ["r1", "r2", "r3"] and done == 1
+    todo, done = select_rows(keys, "scripts", store.existing(), Storage(str(job)), retry_errors=True)
+    assert [rows[p].id for p in todo] == ["r1", "r2", "r3"] and done == 1
 
 
 def test_changed_generation_settings_refuse_to_resume(pipeline_cfg, pipeline_parquet, tmp_path):
@@ -539,7 +540,7 @@ def test_prompt_files_that_are_not_regular_too_large_or_endless_are_refused(tmp_
     import os
     import time
 
-    from pipeline.prompts import PromptStore, read_prompt
+    from pipeline.prompts import PromptReader, read_prompt
 
     fifo = tmp_path / "voice.wav"
     os.mkfifo(fifo)  # opening it would block forever: it must be refused without opening
@@ -570,14 +571,13 @@ def test_prompt_files_that_are_not_regular_too_large_or_endless_are_refused(tmp_
 
     threading.Thread(target=hold_connections, daemon=True).start()
     uri = f"s3://bucket/voice.wav?endpoint_override=127.0.0.1:{silent.getsockname()[1]}&scheme=http"
-    store = PromptStore(timeout_s=0.5)
+    reader = PromptReader(timeout_s=0.5)
     start = time.monotonic()
-    assert store.get(uri) is None  # returns at once; the read runs in its own thread
-    assert time.monotonic() - start < 0.4
-    while (entry := store.get(uri)) is None and time.monotonic() - start < 20:
-        time.sleep(0.05)
-        store.poll()
-    assert entry is not None and entry[0] is None and "took longer than 0.5 s" in entry[1]
+    entry = reader.get(uri)  # the read runs in its own thread; the caller waits only until the deadline
+    assert time.monotonic() - start < 5
+    assert entry[0] is None and "took longer than 0.5 s" in entry[1]
+    start = time.monotonic()
+    assert reader.get(uri) == entry and time.monotonic() - start < 0.1  # said once, then remembered
     silent.close()
 
 
@@ -602,3 +602,35 @@ def test_rows_travel_to_replicas_as_tuples_and_come_back_equal(pipeline_cfg, pip
     rows = build_plan(_cfg(pipeline_cfg, data, "sweep.cfg_scale=[2.0,3.0]"), 0, validate_script).rows
     packed = pack_rows(rows)
     assert all(type(t) is tuple for t in packed) and unpack_rows(packed) == rows
+
+
+def test_the_driver_index_and_a_replica_planning_a_slice_agree_with_the_whole_plan(pipeline_cfg, tmp_path):
+    """The driver keeps only keys (``index_shard``); a replica plans the positions it is sent
+    (``JobContext.planner``). Both must name every row as planning the whole shard does: same keys
+    (duplicate ids, sweep points), same RowSpecs, same file names, and the longest script first."""
+    from pipeline.plan import JobContext, index_shard, scan_plan
+    from pipeline.scripts import script_checker
+
+    data = tmp_path / "data"
+    data.mkdir()
+    pq.write_table(pa.table({"id": ["a", "dup", "A", "b"], "text": ["[S1] hi.", "[S1] " + "x" * 40, "[S1] yo.", None],
+                             "seed": [1, None, 3, 4]}), data / "p0.parquet")
+    pq.write_table(pa.table({"id": ["dup", "c"], "text": ["[S1] one.", "[S1] two."]}), data / "p1.parquet")
+    cfg = _cfg(pipeline_cfg, data, "sweep.cfg_scale=[2.0,3.0]")
+    whole = build_plan(cfg, 7, script_checker(cfg.generation))
+    scanned = scan_plan(cfg)
+    context = JobContext.of(cfg, scanned, 7, {})
+    for shard in scanned.shards:
+        index, lengths = index_shard(cfg, scanned, shard)
+        expected = whole.loaded[shard.name]
+        assert index.keys == [r.key for r in expected]
+        assert [index.cell(p) for p in range(len(expected))] == [(r.row_index, r.sweep_point) for r in expected]
+        planner = context.planner(shard.name)
+        for position in reversed(range(len(expected))):  # any order, any subset
+            assert planner.row(position) == expected[position]
+        if shard.name == "p0":
+            assert int(np.argmax(lengths)) == 2 and lengths[-1] == 0  # "dup" at point 0; a null text is 0
+    assert {k for k in whole.by_key() if k.startswith("dup")} == {
+        "dup@p0:1|cfg_scale-2.0", "dup@p0:1|cfg_scale-3.0", "dup@p1:0|cfg_scale-2.0", "dup@p1:0|cfg_scale-3.0"}
+    paths = [r.audio_path for r in whole.rows]
+    assert len({p.lower() for p in paths}) == len(paths)  # "a" and "A" never share a file
