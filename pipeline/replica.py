@@ -37,7 +37,7 @@ from .voices import VoiceBook
 # Rows finishing within this long of the first of them travel to the driver together (at most
 # DELIVERY_ROWS): each delivery costs the driver a fixed ~0.3 ms, so a replica finishing 25 rows a
 # second must not send them one by one when hundreds of replicas share one driver.
-DELIVERY_WINDOW_S = 0.5
+DELIVERY_WINDOW_S = 1.0
 DELIVERY_ROWS = 512
 
 

@@ -96,6 +96,13 @@ def store_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k.startswith(_STORE_ENV_PREFIXES)}
 
 
+def call_rows(slots: int, unit_rows: int) -> int:
+    """Rows sent in one call to a replica: its slots' worth, at least ``cluster.unit_rows``. Every
+    call costs the driver ~1 ms whatever its size, so a GPU replica with 128 slots gets 128 rows at
+    a time, not eight calls of 16 (at 25 rows/s per GPU and 800 GPUs that is ~160 calls/s, not 1,250)."""
+    return max(1, unit_rows, slots)
+
+
 def units_for(slots: int, unit_rows: int, units_in_flight: int) -> int:
     """Units a replica should hold so that its engine never runs dry: its slots' worth of rows plus
     one unit queued behind them (at least ``units_in_flight``)."""
@@ -210,12 +217,28 @@ class Scheduler:
         self._charge(charged, reason)
 
     # -- dispatch ------------------------------------------------------------------------------
+    def _take(self, slot: _Slot, rows: int) -> Optional[Unit]:
+        """The next unit for the slot, with following queued units merged in up to ``rows`` rows (a
+        lone retry is never merged: it runs by itself)."""
+        unit = self.queue.take(replica_idle=not slot.inflight)
+        if unit is None or unit.exclusive:
+            return unit
+        keys = list(unit.keys)
+        while len(keys) < rows:
+            more = self.queue.take(replica_idle=False, rows=rows - len(keys))
+            if more is None:
+                break
+            keys += more.keys
+        return unit if len(keys) == len(unit.keys) else Unit(unit.uid, keys)
+
     def _dispatch(self) -> None:
         attempts = self.queue.attempts
         for slot in self.slots:
-            limit = units_for(int(slot.info.get("slots") or 0), self.cfg.unit_rows, self.cfg.units_in_flight)
+            slots = int(slot.info.get("slots") or 0)
+            rows = call_rows(slots, self.cfg.unit_rows)
+            limit = units_for(slots, rows, self.cfg.units_in_flight)
             while slot.room(limit):
-                unit = self.queue.take(replica_idle=not slot.inflight)
+                unit = self._take(slot, rows)
                 if unit is None:
                     break
                 # the replica plans the rows itself: a unit is only where each row is

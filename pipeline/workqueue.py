@@ -59,13 +59,17 @@ class WorkQueue:
         """Whether a lone retry is waiting (replicas then drain so that one can take it)."""
         return bool(self._alone)
 
-    def take(self, replica_idle: bool) -> Optional[Unit]:
-        """The next unit for a replica: a lone retry if the replica is idle, else a normal unit."""
+    def take(self, replica_idle: bool, rows: Optional[int] = None) -> Optional[Unit]:
+        """The next unit for a replica: a lone retry if the replica is idle, else a normal unit (its
+        first ``rows`` rows when it holds more; the rest stays at the front)."""
         if self._alone:
             return self._alone.popleft() if replica_idle else None
         if not self._normal:
             return None
         unit = self._normal.popleft()
+        if rows is not None and len(unit.keys) > rows:
+            self._normal.appendleft(Unit(next(self._uids), unit.keys[rows:]))
+            unit = Unit(unit.uid, unit.keys[:rows])
         self._normal_rows -= len(unit.keys)
         return unit
 

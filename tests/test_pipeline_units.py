@@ -634,3 +634,16 @@ def test_the_driver_index_and_a_replica_planning_a_slice_agree_with_the_whole_pl
         "dup@p0:1|cfg_scale-2.0", "dup@p0:1|cfg_scale-3.0", "dup@p1:0|cfg_scale-2.0", "dup@p1:0|cfg_scale-3.0"}
     paths = [r.audio_path for r in whole.rows]
     assert len({p.lower() for p in paths}) == len(paths)  # "a" and "A" never share a file
+
+
+def test_a_call_to_a_replica_takes_queued_units_up_to_its_slots_and_never_a_lone_retry():
+    from pipeline.scheduler import call_rows
+
+    queue = WorkQueue([f"k{i}" for i in range(40)], unit_rows=16, max_attempts=2)
+    first = queue.take(replica_idle=True, rows=10)
+    assert first.keys == [f"k{i}" for i in range(10)] and len(queue) == 30
+    assert queue.take(replica_idle=False).keys == [f"k{i}" for i in range(10, 16)]  # the split unit's rest
+    assert queue.failed(["k3"]) == [] and queue.has_exclusive  # k3 is now retried alone
+    assert queue.take(replica_idle=False, rows=100) is None  # a busy replica gets nothing while it waits
+    assert queue.take(replica_idle=True, rows=100).keys == ["k3"]
+    assert call_rows(slots=128, unit_rows=16) == 128 and call_rows(slots=8, unit_rows=16) == 16
