@@ -1,9 +1,12 @@
 """From input shards and config to the rows the job must produce, one shard at a time.
 
 ``scan_plan`` reads only the id column of every shard (to find ids used more than once, which get
-shard-qualified keys) and fixes each shard's row count; ``plan_shard`` then turns one shard into its
-RowSpecs when the job gets to it, and ``JobPlan.release`` drops them once the shard is done, so the
-driver holds the rows of the shards in flight, not the whole job.
+shard-qualified keys) and fixes each shard's row count. The driver then indexes a shard when its
+queue needs rows (``index_shard``: keys and script lengths, read column-wise, no cell parsed), and
+``JobPlan.release`` drops the index once the shard is done, so it holds the keys of the shards in
+flight, not the whole job. Cells are parsed and checked where the rows run: a replica plans the
+rows it is sent with a ``ShardPlanner`` (built from the ``JobContext`` it got at start).
+``plan_shard`` plans a whole shard at once, for tests and small tools.
 """
 from __future__ import annotations
 

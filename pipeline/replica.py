@@ -505,7 +505,13 @@ class Replica:
             if planner is None:
                 if self.settings.job is None:
                     raise RuntimeError("this replica was started without a job to plan rows from")
-                planner = self._planners[shard] = self.settings.job.planner(shard)
+                try:
+                    planner = self._planners[shard] = self.settings.job.planner(shard)
+                except Exception as e:  # e.g. a path that exists only on the driver's machine
+                    raise RuntimeError(
+                        f"replica {self.identity['name']} on {self.identity['host']} cannot plan rows of input shard "
+                        f"{shard}: {_message(e)}. Replicas read their rows themselves: data.input must be "
+                        "reachable from every node (a shared folder or an object-store URI)") from e
                 while len(self._planners) > 3:
                     self._planners.popitem(last=False)
             self._planners.move_to_end(shard)

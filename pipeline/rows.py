@@ -1,7 +1,6 @@
 """Per-row settings: reading overrides from input columns and checking them before any model runs."""
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import math
 import os
@@ -52,23 +51,6 @@ class RowSpec:
     problems: list[str] = field(default_factory=list)  # found before generation: the row gets status=error
     long_form: bool = False  # generated in chunks that carry the voices over (generation.long_form)
     voices: Optional[tuple[Optional[str], Optional[str]]] = None  # named voices for [S1], [S2]
-
-    @property
-    def expected_bytes(self) -> int:
-        """A cheap length estimate: script bytes plus prompt transcript bytes."""
-        return len((self.text or "").encode()) + len((self.prompt_transcript or "").encode())
-
-
-ROW_FIELDS = tuple(f.name for f in dataclasses.fields(RowSpec))
-
-
-def pack_rows(rows: list[RowSpec]) -> list[tuple[Any, ...]]:
-    """RowSpecs as plain tuples for the trip to a replica (half the pickling time of dataclasses)."""
-    return [tuple(getattr(r, name) for name in ROW_FIELDS) for r in rows]
-
-
-def unpack_rows(packed: list[tuple[Any, ...]]) -> list[RowSpec]:
-    return [RowSpec(*values) for values in packed]
 
 
 def derive_seed(job_seed: int, row_key: str) -> int:

@@ -595,15 +595,6 @@ def test_storage_never_writes_outside_its_root(tmp_path):
     assert not list((tmp_path / "elsewhere").iterdir()) and not (tmp_path / "x.flac").exists()
 
 
-def test_rows_travel_to_replicas_as_tuples_and_come_back_equal(pipeline_cfg, pipeline_parquet):
-    from pipeline.rows import pack_rows, unpack_rows
-
-    data = pipeline_parquet([{"id": f"r{i}", "text": f"[S1] {i}", "seed": i} for i in range(3)])
-    rows = build_plan(_cfg(pipeline_cfg, data, "sweep.cfg_scale=[2.0,3.0]"), 0, validate_script).rows
-    packed = pack_rows(rows)
-    assert all(type(t) is tuple for t in packed) and unpack_rows(packed) == rows
-
-
 def test_the_driver_index_and_a_replica_planning_a_slice_agree_with_the_whole_plan(pipeline_cfg, tmp_path):
     """The driver keeps only keys (``index_shard``); a replica plans the positions it is sent
     (``JobContext.planner``). Both must name every row as planning the whole shard does: same keys
