@@ -16,9 +16,12 @@ process with its own in-process Ray, timed from just before the process starts. 
 ``--baseline REV`` runs every variant with the code of git revision REV too (a temporary worktree,
 first on PYTHONPATH), alternating with this checkout's runs, so both see the same machine state.
 ``--null N`` replaces Dia with ``pipeline/null_model.py`` (every row comes back at once with a 93 ms
-waveform) and runs N rows (in Parquet shards of ``--shard-rows``) through 2 replicas: rows/s through the driver (steady: after the first
-replica is ready), the driver's peak RSS, and from those how many H100s at the engine goal
-(x250 real time, ~10 s rows = 25 rows/s each) one driver could keep fed.
+waveform; the replicas skip the signal metrics) and runs N rows (in Parquet shards of ``--shard-rows``)
+through 2 replicas. Reported: rows/s over the command (here the replicas share the driver's CPUs),
+the driver's peak RSS, and the driver's own CPU time, over the whole job and after the first replica
+is ready (steady state: rows per driver CPU-second is what one driver can coordinate when the
+replicas run elsewhere), and from that how many H100s at the engine goal (x250 real time, ~10 s rows
+= 25 rows/s each) one driver could keep fed.
 
 The tiny checkpoint is built once before timing (a cold cache adds ~5 s to the first run).
 Results are printed as a table and saved to bench/results/pipeline-<time>.json.
@@ -113,10 +116,12 @@ def run_null(rows: int, tmp: Path, shard_rows: int = 100_000) -> dict:
     capacity = rows / run["driver_cpu_s"] if run.get("driver_cpu_s") else None
     steady_cpu = run.get("driver_steady_cpu_s")
     steady_capacity = rows / steady_cpu if steady_cpu else None
+    loop_cpu = run.get("driver_steady_loop_cpu_s")
     return {"rows": rows, "shard_rows": shard_rows, "command_s": time.time() - start, "rows_per_s": run["rows_per_s"],
             "steady_rows_per_s": steady, "driver_peak_rss_mb": run["driver_peak_rss_mb"],
             "driver_cpu_s": run.get("driver_cpu_s"), "driver_rows_per_cpu_s": capacity,
             "driver_steady_cpu_s": steady_cpu, "driver_steady_rows_per_cpu_s": steady_capacity,
+            "driver_steady_loop_cpu_s": loop_cpu, "driver_steady_rows_per_loop_cpu_s": rows / loop_cpu if loop_cpu else None,
             "h100s_one_driver_core_serves": (capacity or 0) / ROWS_PER_S_PER_H100,
             "h100s_one_driver_serves": steady / ROWS_PER_S_PER_H100, "targets": {"rows_per_s": 20000, "rss_mb": 1024}}
 
@@ -145,6 +150,8 @@ def main() -> None:
             ("rows per driver CPU-s, whole job", f"{r['driver_rows_per_cpu_s']:.0f}", ">= 20,000"),
             ("driver CPU-s after the first replica is ready", f"{r['driver_steady_cpu_s'] or 0:.1f}", ""),
             ("rows per driver CPU-s, steady (what one driver coordinates)", f"{steady or 0:.0f}", ">= 20,000"),
+            ("... of which the scheduling loop's thread, CPU-s", f"{r['driver_steady_loop_cpu_s'] or 0:.1f}", ""),
+            ("rows per loop-thread CPU-s (the single-core ceiling)", f"{r['driver_steady_rows_per_loop_cpu_s'] or 0:.0f}", ""),
             ("driver peak RSS, MB", f"{r['driver_peak_rss_mb']:.0f}", "<= 1,024 at 1M rows"),
             ("H100s at x250 (25 rows/s each) one driver serves, steady", f"{(steady or 0) / ROWS_PER_S_PER_H100:.0f}", ""),
         ]:

@@ -289,6 +289,10 @@ class _Job:
             # from the first replica ready to the end: what coordinating rows costs, without start-up
             "driver_steady_cpu_s": round(time.process_time() - self.scheduler.first_ready_cpu, 3)
             if self.scheduler and self.scheduler.first_ready_cpu is not None else None,
+            # ... of which the scheduling loop's thread (the one that cannot use a second core; Ray's
+            # own threads in this process can)
+            "driver_steady_loop_cpu_s": round(time.thread_time() - self.scheduler.first_ready_thread_cpu, 3)
+            if self.scheduler and self.scheduler.first_ready_thread_cpu is not None else None,
             "rows_per_s": round((p.ok + p.error) / wall, 4) if wall > 0 else 0.0,
             "audio_s_per_wall_s": round(p.audio_s / wall, 4) if wall > 0 else 0.0,  # "x real time"
             "wall_s_per_audio_s": round(wall / p.audio_s, 4) if p.audio_s > 0 else None,

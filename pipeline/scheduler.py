@@ -137,6 +137,7 @@ class Scheduler:
         self.inflight: dict[Any, _Task] = {}
         self.first_ready_at: Optional[float] = None
         self.first_ready_cpu: Optional[float] = None  # the driver's CPU time then (its steady cost is after)
+        self.first_ready_thread_cpu: Optional[float] = None  # ... and this loop's own thread's
         self.resources = dict(resources)  # num_cpus / num_gpus per replica
         self._no_active_since = time.monotonic()
         self.ledger = start_ledger()
@@ -178,6 +179,7 @@ class Scheduler:
         slot.ready_at = slot.ready_at or time.time()
         if self.first_ready_at is None:
             self.first_ready_at, self.first_ready_cpu = slot.ready_at, time.process_time()
+            self.first_ready_thread_cpu = time.thread_time()
         if info.get("node") and (not slot.nodes or slot.nodes[-1] != info["node"]):
             slot.nodes.append(info["node"])
         log.info("%s ready on %s (%s)", slot.name, info.get("host"), info.get("device"))
