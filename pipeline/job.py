@@ -87,6 +87,7 @@ class _Job:
         self.queue: Optional[WorkQueue] = None
         self.pending: dict[str, tuple[str, int]] = {}  # key -> (shard, position), rows not yet recorded
         self.planners: dict[str, ShardPlanner] = {}  # open shards whose rows the driver records itself
+        self.context: Optional[JobContext] = None  # what replicas plan rows from (set when they start)
         self.open_rows: dict[str, int] = {}  # shard -> its rows not yet recorded (loaded shards only)
         self.next_shard = 0
         self.skipped = 0  # rows an earlier run already finished
@@ -99,7 +100,7 @@ class _Job:
         """A driver-side planner for a shard, made only when the driver must write a row's record
         itself (a row given up after ``max_attempts``): rare, so the shard is read then, not before."""
         if shard not in self.planners:
-            self.planners[shard] = JobContext.of(self.cfg, self.plan, self.job_seed, self.voice_clips).planner(shard)
+            self.planners[shard] = self.context.planner(shard)
             self.plan.carried[shard] = self.planners[shard].carried
         return self.planners[shard]
 
@@ -123,7 +124,7 @@ class _Job:
         self.store.consolidate([shard])
         self.plan.release(shard)
         self.planners.pop(shard, None)
-        del self.open_rows[shard]
+        self.open_rows.pop(shard, None)
 
     # -- rows, a shard at a time -----------------------------------------------------------------
     def _load_next_shard(self) -> bool:
@@ -139,7 +140,7 @@ class _Job:
         self.skipped += skipped
         self.progress.skip(skipped)
         if not todo:
-            self._close_shard_now(shard.name)
+            self._close_shard(shard.name)
             return True
         self.open_rows[shard.name] = len(todo)
         keys = index.keys
@@ -150,10 +151,6 @@ class _Job:
         order = order[np.argsort(-lengths[order], kind="stable")]
         self.queue.extend([keys[position] for position in order.tolist()])
         return True
-
-    def _close_shard_now(self, shard: str) -> None:
-        self.open_rows[shard] = 0
-        self._close_shard(shard)
 
     def feed(self) -> bool:
         """Keep at least ``QUEUE_ROWS`` rows queued, loading shards as needed; True while shards are left."""
@@ -250,10 +247,10 @@ class _Job:
                                    tail_seconds=cfg.generation.tail_seconds,
                                    end_tag=cfg.generation.end_tag == EndTagMode.auto,
                                    quality=cfg.quality if cfg.quality.metrics or gates_on(cfg.quality) else None,
-                                   job=context, prompt_timeout_s=cfg.data.prompt_timeout_s,
+                                   job=self.context, prompt_timeout_s=cfg.data.prompt_timeout_s,
                                    prompt_max_bytes=int(cfg.data.prompt_max_mb * 2**20))
 
-        context = JobContext.of(cfg, self.plan, self.job_seed, self.voice_clips)
+        self.context = JobContext.of(cfg, self.plan, self.job_seed, self.voice_clips)
         self.scheduler = Scheduler(
             cfg=cfg.cluster, queue=self.queue, locate=self.locate, settings=settings, count=rplan.count,
             resources={"num_cpus": rplan.num_cpus, "num_gpus": rplan.num_gpus}, replica_cls=self.replica_cls,

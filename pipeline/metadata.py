@@ -168,8 +168,8 @@ def _newest_in_order(merged: pa.Table, index: "ShardIndex") -> np.ndarray:
     key_id = pc.index_in(keys, value_set=pc.unique(keys)).to_numpy(zero_copy_only=False)
     by_key = np.lexsort((rows, key_id))
     newest = by_key[np.append(key_id[by_key][1:] != key_id[by_key][:-1], True)]  # the last of each key
-    position = pc.index_in(keys, value_set=pa.array(index.keys, pa.string())).to_numpy(zero_copy_only=False)
-    position = np.where(np.isnan(position.astype(float)), -1, position).astype(np.int64)[newest]
+    planned = pc.fill_null(pc.index_in(keys, value_set=pa.array(index.keys, pa.string())), -1)
+    position = planned.to_numpy().astype(np.int64)[newest]  # -1: not in this run's plan
     row_index = merged.column("row_index").to_numpy(zero_copy_only=False)[newest]
     outside = np.nonzero(position < 0)[0]
     if len(outside):  # records of rows this run did not plan (another run's data.limit, older keys)

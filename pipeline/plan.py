@@ -211,15 +211,16 @@ class ShardIndex:
     keys: list[str]
     points: list[Optional[str]]  # sweep tag of each point
 
-    def cell(self, position: int) -> tuple[int, Optional[str]]:
-        """(row_index, sweep_point) of a position."""
-        return position // len(self.points), self.points[position % len(self.points)]
+
+def _base_keys(ids: list[str], shard: Shard, duplicates: set[str]) -> list[str]:
+    """Each input row's key: its id, shard-qualified when the job uses the id twice (also the seed key)."""
+    if not duplicates:
+        return list(ids)
+    return [f"{row_id}@{shard.name}:{i}" if row_id in duplicates else row_id for i, row_id in enumerate(ids)]
 
 
-def _keys(ids: list[str], shard: Shard, duplicates: set[str], points: list[tuple[Optional[str], Any]]) -> list[str]:
-    """Each output row's key: the id (shard-qualified when the job uses it twice), then the sweep tag."""
-    base = [f"{row_id}@{shard.name}:{i}" if row_id in duplicates else row_id for i, row_id in enumerate(ids)] \
-        if duplicates else ids
+def _keys(base: list[str], points: list[tuple[Optional[str], Any]]) -> list[str]:
+    """Each output row's key: the input row's key, then the sweep tag."""
     if len(points) == 1 and points[0][0] is None:
         return list(base)
     return [k if tag is None else f"{k}|{tag}" for k in base for tag, _ in points]
@@ -250,7 +251,7 @@ def index_shard(cfg: JobConfig, plan: JobPlan, shard: Shard) -> tuple[ShardIndex
                                            or pa.types.is_binary(table.column(name).type)):
             column = table.column(name).cast(pa.large_binary())  # bytes, never a UTF-8 check
             lengths += pa.compute.fill_null(pa.compute.binary_length(column), 0).to_numpy()
-    index = ShardIndex(_keys(ids, shard, plan.duplicates, plan.points), [tag for tag, _ in plan.points])
+    index = ShardIndex(_keys(_base_keys(ids, shard, plan.duplicates), plan.points), [tag for tag, _ in plan.points])
     plan.index[shard.name] = index
     return index, np.repeat(lengths, len(plan.points))
 
@@ -289,13 +290,12 @@ class ShardPlanner:
                     self.bad_cells[i].append(problem)
                 self.bad_text |= set(problems) if name == "text" else set()
         del table
-        self.keys = _keys(ids, shard, duplicates, points)
-        self.duplicates = duplicates
+        self.base_keys = _base_keys(ids, shard, duplicates)
+        self.keys = _keys(self.base_keys, points)
         ext = cfg.output.format.value
         stems = StemAllocator()
         self.paths: list[str] = []
-        for i, row_id in enumerate(ids):
-            base_key = f"{row_id}@{shard.name}:{i}" if row_id in duplicates else row_id
+        for row_id, base_key in zip(ids, self.base_keys):
             for tag, _ in points:
                 stem = stems.allocate(row_id, unique=base_key, suffix=f"__{tag}" if tag else "")
                 self.paths.append(f"audio/{shard.name}/{stem}.{ext}")
@@ -317,11 +317,10 @@ class ShardPlanner:
             parsed.problems += self.voice_check(parsed.voices, parsed.audio_prompt)
         long_form = parsed.text is not None and is_long(self.cfg.generation, parsed.script)
         tag, values = self.points[p]
-        base_key = f"{row_id}@{self.shard.name}:{i}" if row_id in self.duplicates else row_id
         return make_row(
             parsed=parsed, key=self.keys[position], row_id=row_id, shard=self.shard.name,
             shard_folder=self.shard.folder_uri, row_index=i, point=p, sweep_point=tag, sweep_values=values,
-            defaults=self.cfg.generation, job_seed=self.job_seed, seed_key=base_key,
+            defaults=self.cfg.generation, job_seed=self.job_seed, seed_key=self.base_keys[i],
             audio_path=self.paths[position], long_form=long_form,
         )
 
