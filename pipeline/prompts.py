@@ -78,9 +78,11 @@ def read_prompt(uri: str, max_bytes: int = DEFAULT_MAX_BYTES) -> tuple[Optional[
 
 
 class PromptReader:
-    """Prompt file reads with a deadline, each file read once: ``get(uri)`` returns ``(bytes, None)``
-    or ``(None, reason)`` within ``timeout_s``, however the file behaves. Thread-safe: a replica's
-    unit threads share one reader, and a second caller of a file being read waits for that read."""
+    """Prompt file reads with a deadline: ``get(uri)`` returns ``(bytes, None)`` or ``(None, reason)``
+    within ``timeout_s``, however the file behaves. Thread-safe: a replica's unit threads share one
+    reader, and a second caller of a file being read waits for that read. A refusal is remembered (a
+    bad file is not read again for every row that names it); file bytes are not: the caller keeps
+    what it makes of them (a replica, the encoded codes)."""
 
     def __init__(self, *, timeout_s: float = DEFAULT_TIMEOUT_S, max_bytes: int = DEFAULT_MAX_BYTES,
                  capacity: int = 64) -> None:
@@ -88,7 +90,7 @@ class PromptReader:
         self.max_bytes = max_bytes
         self.capacity = capacity
         self._lock = threading.Lock()
-        self._cache: OrderedDict[str, tuple[Optional[bytes], Optional[str]]] = OrderedDict()
+        self._cache: OrderedDict[str, tuple[None, str]] = OrderedDict()  # uri -> (None, reason)
         self._running: dict[str, tuple[threading.Event, list[tuple[Optional[bytes], Optional[str]]], float]] = {}
 
     def get(self, uri: str) -> tuple[Optional[bytes], Optional[str]]:
@@ -112,7 +114,8 @@ class PromptReader:
                                           "(data.prompt_timeout_s): a slow mount or a file that never ends?")
         with self._lock:
             self._running.pop(uri, None)
-            self._cache[uri] = entry
+            if entry[0] is None:
+                self._cache[uri] = entry
             while len(self._cache) > self.capacity:
                 self._cache.popitem(last=False)
         return entry
