@@ -28,6 +28,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from .htmlsafe import fill, script_json
 from .metadata import STATUS_ERROR, STATUS_OK, STATUS_REJECTED
 from .progress import group_errors
 from .storage import Storage
@@ -133,8 +134,7 @@ def build_report(job: str) -> str:
         "histograms": {label: _histogram(table, c) for c, label in HISTOGRAMS},
         "columns": cols, "rows": rows, "sweep": sweep,
     }
-    page = _PAGE.replace("__TITLE__", html.escape(f"Dia job report: {storage}")).replace(
-        "__DATA__", json.dumps(payload, default=str).replace("</", "<\\/"))
+    page = fill(_PAGE, TITLE=html.escape(f"Dia job report: {storage}"), DATA=script_json(payload))
     storage.put(REPORT, page.encode())
     return storage.uri(REPORT)
 

@@ -69,3 +69,36 @@ def test_the_report_plays_sorts_filters_and_shows_the_sweep(ray_local, pipeline_
     assert len(cells) == 5 and sorted(cells) == [0, 2, 2, 2, 2]
     browser.find_element("css selector", "#sweep-grid button.play").click()  # a play button becomes a player
     assert browser.execute_script("return document.querySelectorAll('#sweep-grid audio').length") == 1
+
+
+HOSTILE = ["<!--<script>", "</script><script>document.title='pwned'</script>", "<img src=x onerror=alert(1)>",
+           "a\u2028b\u2029c", "&lt;&amp;", "]]><![CDATA[", "<!-- x", "</SCRIPT >", "é 日本 🎙"]
+
+
+def test_hostile_text_in_rows_shows_as_text_and_the_page_still_runs(tmp_path, browser):
+    """A row's id, text or error holding markup that could end or hijack the data island's <script>."""
+    import json
+
+    import pyarrow as pa
+
+    job = tmp_path / "hostile"
+    (job / "metadata").mkdir(parents=True)
+    n = len(HOSTILE)
+    pq.write_table(pa.table({
+        "id": [f"{h} #{i}" for i, h in enumerate(HOSTILE)], "text": [f"[S1] {h}" for h in HOSTILE],
+        "status": ["error"] * n, "error": [f"bad {h}" for h in HOSTILE],
+        "duration_s": [None] * n, "audio_path": [None] * n}), job / "metadata" / "part-0.parquet")
+    (job / "job.json").write_text(json.dumps({"status": "done"}))
+    page = build_report(str(job))
+    html_text = open(page, encoding="utf-8").read()
+    island = html_text.split('<script id="data" type="application/json">', 1)[1].split("</script>", 1)[0]
+    assert "<" not in island and ">" not in island and "\u2028" not in island
+
+    browser.get(f"file://{page}")
+    assert [e for e in browser.get_log("browser") if e["level"] == "SEVERE"] == []
+    assert browser.title != "pwned" and browser.find_element("id", "title").text.startswith("Job ")
+    texts = browser.execute_script("return [...document.querySelectorAll('#rows tbody td.text')].map(td => td.textContent)")
+    assert sorted(texts) == sorted(f"[S1] {h}" for h in HOSTILE)
+    ids = browser.execute_script("return [...document.querySelectorAll('#rows tbody td[data-col=id]')].map(td => td.textContent)")
+    assert sorted(ids) == sorted(f"{h} #{i}" for i, h in enumerate(HOSTILE))
+    assert browser.execute_script("return document.querySelectorAll('#rows img').length") == 0
