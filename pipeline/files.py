@@ -30,8 +30,15 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file, or the whole new one."""
-    atomic_write(path, lambda tmp: tmp.write_bytes(data))
+    """Write ``data`` to ``path`` so that readers see the old file, or the whole new one. Whatever was
+    at ``path`` (a symlink included) is replaced, never written through; the temporary file is made
+    new (``x``), so not even a planted link at its name is followed."""
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "xb") as f:
+            f.write(data)
+
+    atomic_write(path, write)
 
 
 def remove_stale_temporaries(root: Path) -> int:

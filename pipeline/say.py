@@ -7,20 +7,29 @@
 The model loads as in the pipeline (``--model`` a Hub id, a local folder or ``tiny-random``;
 ``--codec``); a named voice comes from the job configs' voice library (``configs/voices/*.yaml``, or
 ``--voices FILE``). The seed of every take is printed, so a take can be made again exactly. Bad input
-is one line that says what to fix, exit status 2.
+is one line that says what to fix, exit status 2, and is found before the model loads: the output
+folder must exist and take new files, no output may be an input (a voice clip, the script file), and
+an existing output is refused unless ``--force`` (then it is replaced whole by a rename: a symlink
+there is replaced, its target never written). ``--file`` reads regular files only; a script is at
+most 1 MB.
 """
 from __future__ import annotations
 
 import argparse
+import os
+import stat
 import sys
+import tempfile
 import threading
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from .config import TINY_RANDOM
+from .files import atomic_write_bytes
 
 FORMATS = {".flac": "flac", ".wav": "wav", ".ogg": "ogg", ".mp3": "mp3"}
 DEFAULT_MODEL = "nari-labs/Dia-1.6B-0626"
+MAX_SCRIPT_BYTES = 1 << 20  # far over the job's 1,800 s cap on one row; only a bound on what is read
 
 
 class UsageError(Exception):
@@ -52,26 +61,58 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--dtype", default=None, help="float32, bfloat16, float16 (default: bfloat16 on cuda)")
     ap.add_argument("--cache-dir", default=None, help=f"where {TINY_RANDOM} checkpoints are built")
     ap.add_argument("--quiet", action="store_true", help="no progress bar")
+    ap.add_argument("--force", action="store_true", help="replace output files that exist (the file or link is "
+                    "replaced whole; a link's target is never written)")
     return ap
 
 
 def read_script(args: argparse.Namespace) -> str:
+    """The script from the argument, ``--file`` (a regular file) or stdin, at most ``MAX_SCRIPT_BYTES``."""
     if args.script is not None and args.file is not None:
         raise UsageError("give the script as an argument or with --file, not both")
     if args.file == "-" or (args.script is None and args.file is None):
         if sys.stdin.isatty():
             raise UsageError("no script: pass it as an argument, with --file FILE, or on stdin")
-        text = sys.stdin.read()
+        text = _capped(sys.stdin.read, "stdin")
     elif args.file is not None:
-        try:
-            text = Path(args.file).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as e:
-            raise UsageError(f"cannot read --file {args.file}: {e}") from None
+        text = _read_script_file(args.file)
     else:
         text = args.script
     if not text.strip():
         raise UsageError("the script is empty")
     return text.strip()
+
+
+def _read_script_file(name: str) -> str:
+    """A regular file only: a FIFO would block and /dev/zero would never end."""
+    try:
+        fd = os.open(os.path.expanduser(name), os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as e:
+        raise UsageError(f"cannot read --file {name}: {e.strerror}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise UsageError(f"--file {name} is not a regular file (use '-f -' to read a pipe)")
+    with os.fdopen(fd, "rb") as f:
+        data = f.read(MAX_SCRIPT_BYTES + 1)
+    if len(data) > MAX_SCRIPT_BYTES:
+        raise UsageError(f"--file {name} is over {MAX_SCRIPT_BYTES >> 10} KB: {_TOO_LONG}")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UsageError(f"--file {name} is not UTF-8 text (byte {e.start})") from None
+
+
+def _capped(read: Callable[[int], str], what: str) -> str:
+    try:
+        text = read(MAX_SCRIPT_BYTES + 1)  # characters: at least as many bytes
+    except UnicodeDecodeError as e:
+        raise UsageError(f"the script on {what} is not UTF-8 text (byte {e.start})") from None
+    if len(text) > MAX_SCRIPT_BYTES or len(text.encode()) > MAX_SCRIPT_BYTES:
+        raise UsageError(f"the script on {what} is over {MAX_SCRIPT_BYTES >> 10} KB: {_TOO_LONG}")
+    return text
+
+
+_TOO_LONG = "that is many hours of speech; split it into several scripts"
 
 
 def voice_library(files: list[str]) -> dict[str, Any]:
@@ -159,16 +200,12 @@ def say(args: argparse.Namespace) -> int:
     from .model_loader import load_model
     from .scripts import WINDOW_S, over_window
 
-    out = Path(args.output).expanduser()
-    fmt = FORMATS.get(out.suffix.lower())
-    if fmt is None:
-        raise UsageError(f"-o {args.output}: the extension must be one of {', '.join(FORMATS)}")
-    if not out.parent.is_dir():
-        raise UsageError(f"-o {args.output}: the folder {out.parent} does not exist")
-    if args.candidates < 1:
-        raise UsageError("--candidates must be at least 1")
     text = read_script(args)
     clips, transcript = voice_prompt(args)
+    if args.candidates < 1:
+        raise UsageError("--candidates must be at least 1")
+    inputs = [p for p in [args.file if args.file not in (None, "-") else None, *(clips or [])] if p]
+    outputs, fmt = plan_outputs(args.output, args.candidates, inputs, force=args.force)
     long_form = args.long_form or over_window(text, end_tag=not args.no_end_tag)
     if args.model == TINY_RANDOM:
         print("dia-say: model tiny-random is random weights: its audio is noise", file=sys.stderr)
@@ -193,9 +230,12 @@ def say(args: argparse.Namespace) -> int:
         for res in model.stream(requests, slots=args.candidates, stats=stats):  # first finished, first written
             if res.error:
                 raise UsageError(res.error)
-            path = out if args.candidates == 1 else out.with_name(f"{out.stem}-{res.id + 1}{out.suffix}")
-            path.write_bytes(audio_io.encode(res.audio, model.sample_rate, fmt))
+            path = outputs[res.id]
+            replaced = os.path.lexists(path)
+            atomic_write_bytes(path, audio_io.encode(res.audio, model.sample_rate, fmt))
             written += 1
+            if replaced:
+                print(f"dia-say: replaced {path} (--force)", file=sys.stderr)
             extra = f", {len(res.chunks)} chunks" if res.chunks else ""
             print(f"{path}: {res.duration_s:.2f} s, seed {res.seed}{extra}"
                   f"{'' if res.ended_by_eos else ' (hit the length cap)'}")
@@ -203,6 +243,37 @@ def say(args: argparse.Namespace) -> int:
         stop.set()
         bar.join()
     return 0 if written else 1
+
+
+def plan_outputs(output: str, candidates: int, inputs: list[str], *, force: bool) -> tuple[list[Path], str]:
+    """The file of each take and the audio format, checked before any model loads: a known extension,
+    an existing folder this process can create files in, no input overwritten, and no existing file
+    replaced without ``force`` (a replaced file, or link, is swapped whole by a rename, never written
+    through)."""
+    out = Path(output).expanduser()
+    fmt = FORMATS.get(out.suffix.lower())
+    if fmt is None:
+        raise UsageError(f"-o {output}: the extension must be one of {', '.join(FORMATS)}")
+    folder = out.parent
+    if not folder.is_dir():
+        raise UsageError(f"-o {output}: the folder {folder} does not exist")
+    paths = [out] if candidates == 1 else [out.with_name(f"{out.stem}-{k + 1}{out.suffix}") for k in range(candidates)]
+    for path in paths:
+        if path.is_dir():
+            raise UsageError(f"-o {output}: {path} is a folder; give a file name")
+        for source in inputs:
+            if os.path.abspath(path) == os.path.abspath(os.path.expanduser(source)) or (
+                    path.exists() and os.path.exists(source) and os.path.samefile(path, source)):
+                raise UsageError(f"-o {output}: {path} is an input of this run ({source}); write elsewhere")
+        if os.path.lexists(path) and not force:
+            raise UsageError(f"-o {output}: {path} exists; pass --force to replace it, or choose another name")
+    try:
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".dia-say-", suffix=".part")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise UsageError(f"-o {output}: cannot create files in {folder}: {e.strerror}") from None
+    return paths, fmt
 
 
 def _has_gpu() -> bool:
@@ -224,6 +295,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         message = " ".join(str(e).split()) if not isinstance(e, PipelineError) else str(e)
         print(f"dia-say: error: {message}", file=sys.stderr)
         return 2
+    except OSError as e:  # e.g. the disk filled up while writing a take: what was written stays whole
+        where = f"{e.filename}: " if isinstance(e.filename, str) else ""
+        print(f"dia-say: error: {where}{e.strerror or e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("dia-say: interrupted", file=sys.stderr)
         return 130

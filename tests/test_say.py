@@ -83,3 +83,67 @@ def test_the_console_script_runs_as_a_program(tmp_path):
     run = subprocess.run([sys.executable, "-m", "pipeline.say", "[S1] Hi.", "-o", "x.aiff"], cwd=tmp_path,
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 2 and run.stderr.strip().startswith("dia-say: error: -o x.aiff")
+
+
+# hostile paths: nothing written through a link, no input overwritten, checks before the model loads
+def test_an_output_link_is_replaced_never_written_through(say, tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    (tmp_path / "link.wav").symlink_to(victim)
+    refused = say("[S1] Hi.", "-o", "link.wav", "--max-seconds", "0.2")
+    assert refused.returncode == 2 and "exists; pass --force" in refused.stderr
+    forced = say("[S1] Hi.", "-o", "link.wav", "--max-seconds", "0.2", "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert victim.read_text() == "precious"
+    assert not (tmp_path / "link.wav").is_symlink() and sf.info(tmp_path / "link.wav").frames > 0
+    assert "replaced" in forced.stderr
+    (tmp_path / "take-2.wav").symlink_to(victim)  # a take's name, too
+    refused = say("[S1] Hi.", "-o", "take.wav", "--candidates", "2", "--max-seconds", "0.2")
+    assert refused.returncode == 2 and "take-2.wav exists" in refused.stderr and not (tmp_path / "take-1.wav").exists()
+    assert say("[S1] Hi.", "-o", "take.wav", "--candidates", "2", "--max-seconds", "0.2", "--force").returncode == 0
+    assert victim.read_text() == "precious" and not (tmp_path / "take-2.wav").is_symlink()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary file left
+
+
+def test_an_output_that_is_an_input_is_refused(say, tmp_path):
+    clip = tmp_path / "same.flac"
+    clip.write_bytes((EXAMPLES_DIR / "prompt.flac").read_bytes())
+    before = clip.read_bytes()
+    for args in (["-o", "same.flac"], ["-o", "alias.flac"], ["-o", "same.flac", "--force"]):
+        if args[1] == "alias.flac" and not (tmp_path / "alias.flac").exists():
+            (tmp_path / "alias.flac").symlink_to(clip)
+        run = say("[S1] Hi.", *args, "--voice-s1", "same.flac", "--voice-s1-text", "A clip.", "--max-seconds", "0.2")
+        assert run.returncode == 2 and "is an input of this run" in run.stderr, run.stderr
+    assert clip.read_bytes() == before
+
+
+@pytest.mark.parametrize("where, message", [
+    ("folder", "is a folder"), ("/proc/x.wav", "cannot create files in /proc"),
+    ("missing/x.wav", "does not exist"),
+])
+def test_a_bad_output_place_fails_before_the_model_loads(say, tmp_path, where, message):
+    (tmp_path / "folder.wav").mkdir()
+    out = "folder.wav" if where == "folder" else where
+    # a model that cannot load: the output check must speak first
+    run = say("[S1] Hi.", "-o", out, "--model", str(tmp_path / "no-model"))
+    errors = [line for line in run.stderr.splitlines() if line.startswith("dia-say: error:")]
+    assert run.returncode == 2 and len(errors) == 1 and message in errors[0], run.stderr
+    assert "Traceback" not in run.stderr
+
+
+def test_scripts_are_read_from_regular_files_and_stdin_with_a_cap(say, tmp_path):
+    import os
+
+    fifo = tmp_path / "script.fifo"
+    os.mkfifo(fifo)
+    for source, message in [("/dev/zero", "not a regular file"), (str(fifo), "not a regular file"),
+                            (str(tmp_path), "not a regular file"), (str(tmp_path / "none.txt"), "cannot read")]:
+        run = say("-f", source, "-o", "x.wav")
+        assert run.returncode == 2 and message in run.stderr, (source, run.stderr)
+    big = tmp_path / "big.txt"
+    big.write_text("[S1] " + "word " * 300_000)
+    run = say("-f", str(big), "-o", "x.wav")
+    assert run.returncode == 2 and "over 1024 KB" in run.stderr
+    run = say("-o", "x.wav", stdin="[S1] " + "word " * 300_000)
+    assert run.returncode == 2 and "over 1024 KB" in run.stderr
+    assert not list(tmp_path.glob("x.*"))
