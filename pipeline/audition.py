@@ -3,362 +3,411 @@
     python -m pipeline.audition --model tiny-random            # http://127.0.0.1:7860
     dia-audition --model nari-labs/Dia-1.6B-0626 --voices configs/voices/mine.yaml
 
-Why not Gradio: this is one page and four JSON endpoints on the standard library's HTTP server, so
+Why not Gradio: this is one page and a few JSON endpoints on the standard library's HTTP server, so
 it adds no dependency to a package that already pins Ray, torch and transformers (Gradio brings
 FastAPI, uvicorn, pandas and more), it works offline with no console errors (Gradio's default theme
 fetches web fonts), and it is tested with the same headless Chromium as report.html.
 
-The model loads once. Candidates go through ``Dia.stream()`` in one batch, so the first finished
-take is served first; the page asks for finished takes every 300 ms. Takes, uploaded voices and
-exports live under ``--workdir`` (default ``runs/audition``) and nowhere else. It binds to
-127.0.0.1; ``--host 0.0.0.0`` serves every network this machine is on, with no login: anyone who can
-reach the port can generate audio and upload files.
+This module is the application: the model, the voice library, the queue of batches and their takes,
+and exports. ``audition_server`` is the HTTP side (who may call, how big a request may be) and
+``audition_page`` the page. The model loads once; one worker thread runs one batch at a time, each
+batch's candidates through ``Dia.stream()`` together, so the first finished take is served first.
+
+Everything is bounded (``Limits``): batches waiting, takes kept (older batches' files are deleted),
+the script (the checks and length cap of one job row), voices and their bytes on disk. Takes,
+uploaded voices and exports live under ``--workdir`` (default ``runs/audition``) and nowhere else;
+takes are scratch, so the ones a previous run left are removed at start.
 """
 from __future__ import annotations
 
 import argparse
-import json
+import enum
+import io
+import logging
+import os
+import queue
 import re
+import shlex
 import sys
 import threading
 import time
 import uuid
-from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
-from urllib.parse import parse_qs, urlparse
 
-from .voices import VoiceBook
+from .audition_server import Busy, serve
+from .files import atomic_write_bytes
 
-NON_VERBALS = ["(laughs)", "(clears throat)", "(sighs)", "(gasps)", "(coughs)", "(singing)", "(sings)", "(mumbles)",
-               "(beep)", "(groans)", "(sniffs)", "(claps)", "(screams)", "(inhales)", "(exhales)", "(applause)",
-               "(burps)", "(humming)", "(sneezes)", "(chuckle)", "(whistles)"]
-MAX_CANDIDATES = 8
-MAX_UPLOAD = 32 << 20
-_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,39}$")
+log = logging.getLogger(__name__)
+
+_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,39}")  # always with fullmatch: `$` would accept a trailing newline
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+VOICE_SUFFIXES = (".wav", ".flac", ".mp3", ".ogg")
+RESERVED_EXPORT_NAMES = {"config"}  # an export called config.yaml would shadow the pipeline's own
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one audition server accepts at most (a local tool, but any page or process may call it)."""
+
+    candidates: int = 8
+    queued_batches: int = 4  # waiting behind the running one; more is 429
+    kept_batches: int = 16  # finished batches whose takes stay on disk and in memory
+    script_bytes: int = 64 << 10  # before the job-row checks (which cap expected speech at 1,800 s)
+    voices: int = 64  # uploaded voices
+    voices_bytes: int = 256 << 20  # uploaded voices on disk, together
+    upload_bytes: int = 32 << 20  # one voice clip
+    json_bytes: int = 1 << 20  # one JSON request body
+
+
+class BatchState(enum.Enum):
+    queued = "queued"
+    running = "running"
+    done = "done"
+    failed = "failed"
+    cancelled = "cancelled"
+
+
+@dataclass
+class Batch:
+    """One Generate press: its settings, and its takes as they finish."""
+
+    id: str
+    text: str
+    settings: dict[str, Any]
+    state: BatchState = BatchState.queued
+    takes: list[dict[str, Any]] = field(default_factory=list)
+    error: Optional[str] = None
+    cancel: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def finished(self) -> bool:
+        return self.state in (BatchState.done, BatchState.failed, BatchState.cancelled)
+
+    def view(self) -> dict[str, Any]:
+        return {"takes": list(self.takes), "done": self.finished, "state": self.state.value, "error": self.error}
 
 
 class Audition:
-    """The model, the voice library and the takes: everything the HTTP handler calls."""
+    """The model, the voice library, the batches and their takes: everything the HTTP handler calls.
 
-    def __init__(self, model: Any, model_source: str, workdir: Path, voices: dict[str, Any]) -> None:
+    Errors a caller should see are ``ValueError`` (bad input, 400), ``KeyError`` (no such thing, 404)
+    and ``Busy`` (a limit is full, 429); their texts name no absolute path."""
+
+    def __init__(self, model: Any, model_source: str, workdir: Path, voices: dict[str, Any],
+                 limits: Limits = Limits(), max_script_seconds: float = 1800.0) -> None:
+        from .voices import VoiceBook
+
         self.model = model
         self.model_source = model_source
-        self.workdir = workdir
-        (workdir / "takes").mkdir(parents=True, exist_ok=True)
-        (workdir / "voices").mkdir(parents=True, exist_ok=True)
-        (workdir / "exports").mkdir(parents=True, exist_ok=True)
-        self.voices = dict(voices)  # name -> VoiceConfig (for export)
+        self.workdir = Path(workdir)
+        self.limits = limits
+        self.max_script_seconds = max_script_seconds
+        for sub in ("takes", "voices", "exports"):
+            (self.workdir / sub).mkdir(parents=True, exist_ok=True)
+        for old in (self.workdir / "takes").iterdir():  # scratch of an earlier run: nothing refers to it now
+            if old.is_file() or old.is_symlink():
+                old.unlink()
+        self.library = dict(voices)  # name -> VoiceConfig from the voices YAML files (never replaced)
+        self.voices = dict(voices)  # library + uploads
         self.book = VoiceBook(lambda clip: model.encode_audio([clip])[0],
                               {n: (v.audio, v.transcript) for n, v in voices.items()})
-        self.batches: dict[str, dict[str, Any]] = {}
+        self.batches: dict[str, Batch] = {}  # insertion order = age
         self.lock = threading.Lock()
-        self.engine = threading.Lock()  # one batch at a time on the model
+        self._work: queue.Queue[Optional[Batch]] = queue.Queue(maxsize=limits.queued_batches)
+        self._closed = False
+        self._worker = threading.Thread(target=self._serve_batches, name="audition-worker", daemon=True)
+        self._worker.start()
 
     # -- voices ---------------------------------------------------------------------------------
-    def add_voice(self, name: str, transcript: str, filename: str, data: bytes) -> None:
+    def add_voice(self, name: str, transcript: str, filename: str, data: bytes) -> list[str]:
+        """Keep an uploaded clip as a voice; returns every voice name."""
+        import soundfile as sf
+
         from .config import VoiceConfig
-        from .prompts import read_prompt
 
-        if not _NAME.match(name):
+        if not _NAME.fullmatch(name):
             raise ValueError("a voice name is a letter, then up to 39 letters, digits, _ or -")
-        if not transcript.strip():
+        if name in self.library:
+            raise ValueError(f"{name!r} is a voice of the library; give the upload another name")
+        transcript = " ".join(_check_text(transcript, "the transcript").split())
+        if not transcript:
             raise ValueError("give the clip's transcript: Dia needs the words of a voice prompt")
-        suffix = Path(filename).suffix.lower() or ".wav"
-        if suffix not in (".wav", ".flac", ".mp3", ".ogg"):
+        if len(transcript.encode()) > 1024:
+            raise ValueError("the transcript is over 1,024 bytes: a voice clip should be 5-10 s of speech")
+        suffix = os.path.splitext(filename)[1].lower() or ".wav"
+        if suffix not in VOICE_SUFFIXES:
             raise ValueError("upload a .wav, .flac, .mp3 or .ogg clip")
-        path = self.workdir / "voices" / f"{name}{suffix}"
-        tmp = path.with_name(path.name + ".part")
-        tmp.write_bytes(data)
-        _, problem = read_prompt(str(tmp))
-        if problem:
-            tmp.unlink()
-            raise ValueError(problem.replace("audio_prompt", "the clip", 1))
-        tmp.replace(path)
+        if len(data) > self.limits.upload_bytes:
+            raise Busy(f"a clip may have {self.limits.upload_bytes >> 20} MB at most", status=413)
+        try:
+            info = sf.info(io.BytesIO(data))
+        except Exception:
+            raise ValueError("the clip is not a readable audio file (wav, flac, mp3 or ogg)") from None
+        if info.frames <= 0:
+            raise ValueError("the clip holds no audio")
+        folder = self.workdir / "voices"
         with self.lock:
-            self.voices[name] = VoiceConfig(audio=str(path.resolve()), transcript=transcript.strip())
-        self.book.add(name, str(path.resolve()), transcript.strip())
+            others = [p for p in folder.iterdir() if p.is_file() and p.stem != name]
+            if name not in self.voices and len(self.voices) - len(self.library) >= self.limits.voices:
+                raise Busy(f"{self.limits.voices} uploaded voices at most: delete some from {folder.name}/ "
+                           "in the workdir and restart")
+            held = sum(p.stat().st_size for p in others)
+            if held + len(data) > self.limits.voices_bytes:
+                raise Busy(f"uploaded voices may take {self.limits.voices_bytes >> 20} MB at most and hold "
+                           f"{held / 2**20:.1f} MB: delete some from {folder.name}/ in the workdir")
+            path = folder / f"{name}{suffix}"
+            atomic_write_bytes(path, data)
+            for stale in folder.glob(f"{name}.*"):  # the same voice uploaded earlier as another format
+                if stale.name != path.name and stale.suffix in VOICE_SUFFIXES:
+                    stale.unlink()
+            self.voices[name] = VoiceConfig(audio=str(path.resolve()), transcript=transcript)
+            self.book.add(name, str(path.resolve()), transcript)
+            return sorted(self.voices)
 
-    # -- takes ----------------------------------------------------------------------------------
+    def voice_names(self) -> list[str]:
+        with self.lock:
+            return sorted(self.voices)
+
+    # -- batches --------------------------------------------------------------------------------
     def start(self, form: dict[str, Any]) -> str:
-        """Check the form, then generate its candidates in the background; returns the batch id."""
-        settings = _settings(form)
-        text = str(form.get("text") or "").strip()
-        from dia_model import validate_script
-
-        problems = validate_script(text, 1 << 20)
+        """Check the form, then queue its candidates; returns the batch id (``Busy`` when the queue is full)."""
+        settings = _settings(form, self.limits.candidates)
+        text = form.get("text")
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError("text: give a script, e.g. [S1] Hello. [S2] Hi!")
+        text = text.strip()
+        if len(text.encode()) > self.limits.script_bytes:
+            raise ValueError(f"the script is over {self.limits.script_bytes >> 10} KB: split it into several rows")
+        for role in ("voice_s1", "voice_s2"):
+            if settings[role] is not None and settings[role] not in self.voices:
+                raise ValueError(f"{role}: no voice named {settings[role]!r}")
+        problems = self._check_script(text, settings["end_tag"])
         if problems:
             raise ValueError("; ".join(problems))
-        batch = uuid.uuid4().hex[:12]
+        batch = Batch(uuid.uuid4().hex[:16], text, settings)
         with self.lock:
-            self.batches[batch] = {"takes": [], "done": False, "error": None, "form": {**settings, "text": text}}
-        threading.Thread(target=self._run, args=(batch, text, settings), daemon=True).start()
-        return batch
+            try:
+                self._work.put_nowait(batch)
+            except queue.Full:
+                raise Busy(f"{self.limits.queued_batches} batches are already waiting: wait for them or "
+                           "cancel one") from None
+            self.batches[batch.id] = batch
+            self._forget_old_batches()
+        return batch.id
 
-    def _run(self, batch: str, text: str, s: dict[str, Any]) -> None:
+    def _check_script(self, text: str, end_tag: bool) -> list[str]:
+        """The checks a job row's script gets (Dia's, and the long-form ones with the job's length cap)."""
+        from .config import EndTagMode, GenerationConfig
+        from .scripts import script_checker
+
+        gen = GenerationConfig(end_tag=EndTagMode.auto if end_tag else EndTagMode.off,
+                               max_script_seconds=self.max_script_seconds)
+        return script_checker(gen)(text)
+
+    def batch(self, batch_id: str) -> dict[str, Any]:
+        with self.lock:
+            state = self.batches.get(batch_id)
+            if state is None:
+                raise KeyError("no such batch (batches are kept while the server runs, the newest "
+                               f"{self.limits.kept_batches} once finished)")
+            return state.view()
+
+    def cancel(self, batch_id: str) -> dict[str, Any]:
+        """Stop a batch: a waiting one never starts, a running one stops at its next finished take."""
+        with self.lock:
+            state = self.batches.get(batch_id)
+            if state is None:
+                raise KeyError("no such batch")
+            state.cancel.set()
+            if state.state == BatchState.queued:
+                state.state = BatchState.cancelled
+            return state.view()
+
+    def take_file(self, name: str) -> Path:
+        """The file of a take the server made (``KeyError`` otherwise)."""
+        if not re.fullmatch(r"[0-9a-f]{16}-[0-9]{1,2}\.wav", name):
+            raise KeyError("no such take")
+        path = self.workdir / "takes" / name
+        if not path.is_file() or path.is_symlink():
+            raise KeyError("no such take")
+        return path
+
+    def _forget_old_batches(self) -> None:
+        """Drop the oldest finished batches past ``kept_batches``, files included (caller holds the lock)."""
+        finished = [b for b in self.batches.values() if b.finished]
+        for old in finished[: max(0, len(finished) - self.limits.kept_batches)]:
+            del self.batches[old.id]
+            for take in old.takes:
+                (self.workdir / take["audio"]).unlink(missing_ok=True)
+
+    def close(self) -> None:
+        """Cancel every batch and let the worker thread end (after the batch it is running, if any)."""
+        with self.lock:
+            self._closed = True
+            for batch in self.batches.values():
+                batch.cancel.set()
+        try:
+            self._work.put_nowait(None)  # wakes an idle worker; a busy one sees _closed next
+        except queue.Full:
+            pass
+
+    def _serve_batches(self) -> None:
+        while not self._closed:
+            batch = self._work.get()
+            if batch is None:
+                break
+            with self.lock:
+                if batch.cancel.is_set():
+                    continue
+                batch.state = BatchState.running
+            try:
+                self._run(batch)
+                final, error = (BatchState.cancelled, None) if batch.cancel.is_set() else (BatchState.done, None)
+            except Exception as e:  # a generation that failed: its batch says why, the server goes on
+                final, error = BatchState.failed, _plain(e)
+                log.warning("audition batch %s failed: %s", batch.id, error)
+            with self.lock:
+                batch.state, batch.error = final, error
+                self._forget_old_batches()
+
+    def _run(self, batch: Batch) -> None:
         from dia_model import Request
 
         from . import audio as audio_io
         from .metrics import row_metrics
         from .scripts import over_window
 
-        state = self.batches[batch]
+        s, text = batch.settings, batch.text
+        voices = (s["voice_s1"], s["voice_s2"])
+        prompt, transcript = self.book.prompt(voices) if any(voices) else (None, None)
+        long_form = over_window(text, end_tag=s["end_tag"])
+        max_new = None if s["max_seconds"] is None else max(1, int(s["max_seconds"] * self.model.frame_rate))
+        grid = s["cfg_scales"] or [s["cfg_scale"]]
+        requests = [Request(id=k, text=text, cfg_scale=grid[k % len(grid)], temperature=s["temperature"],
+                            top_p=s["top_p"], top_k=s["top_k"], max_new_frames=max_new,
+                            seed=s["seed"] + k, audio_prompt=prompt, prompt_transcript=transcript,
+                            long_form=long_form, end_tag=s["end_tag"])
+                    for k in range(s["candidates"])]
+        results = self.model.stream(requests, slots=len(requests))  # first finished, first served
         try:
-            with self.engine:
-                voices = (s["voice_s1"], s["voice_s2"])
-                prompt, transcript = self.book.prompt(voices) if any(voices) else (None, None)
-                long_form = over_window(text, end_tag=s["end_tag"])
-                max_new = None if s["max_seconds"] is None else max(1, int(s["max_seconds"] * self.model.frame_rate))
-                grid = s["cfg_scales"] or [s["cfg_scale"]]
-                requests = [Request(id=k, text=text, cfg_scale=grid[k % len(grid)], temperature=s["temperature"],
-                                    top_p=s["top_p"], top_k=s["top_k"], max_new_frames=max_new,
-                                    seed=s["seed"] + k, audio_prompt=prompt, prompt_transcript=transcript,
-                                    long_form=long_form, end_tag=s["end_tag"])
-                            for k in range(s["candidates"])]
-                for res in self.model.stream(requests, slots=len(requests)):  # first finished, first served
-                    if res.error:
-                        raise ValueError(res.error)
-                    name = f"{batch}-{res.id + 1}.wav"
-                    (self.workdir / "takes" / name).write_bytes(audio_io.encode(res.audio, self.model.sample_rate, "wav"))
-                    metrics = row_metrics(res.audio, self.model.sample_rate, text)
-                    take = {"n": res.id + 1, "audio": f"takes/{name}", "seed": res.seed,
-                            "cfg_scale": requests[res.id].cfg_scale, "seconds": round(res.duration_s, 3),
-                            "ended_by_eos": res.ended_by_eos,
-                            "metrics": {k: (round(v, 3) if isinstance(v, float) else v) for k, v in metrics.items()}}
-                    with self.lock:
-                        state["takes"].append(take)
-        except Exception as e:
-            state["error"] = " ".join(f"{e}".split()) or type(e).__name__
+            for res in results:
+                if res.error:
+                    raise ValueError(res.error)
+                name = f"{batch.id}-{res.id + 1}.wav"
+                atomic_write_bytes(self.workdir / "takes" / name, audio_io.encode(res.audio, self.model.sample_rate, "wav"))
+                metrics = row_metrics(res.audio, self.model.sample_rate, text)
+                take = {"n": res.id + 1, "audio": f"takes/{name}", "seed": res.seed,
+                        "cfg_scale": requests[res.id].cfg_scale, "seconds": round(res.duration_s, 3),
+                        "ended_by_eos": res.ended_by_eos,
+                        "metrics": {k: (round(v, 3) if isinstance(v, float) else v) for k, v in metrics.items()}}
+                with self.lock:
+                    batch.takes.append(take)
+                if batch.cancel.is_set():
+                    break
         finally:
-            state["done"] = True
+            close = getattr(results, "close", None)
+            if close is not None:
+                close()  # stops the engine's loop at once
 
-    def export(self, batch: str, take: int, name: str) -> dict[str, Any]:
-        """The chosen take's settings as Hydra overrides and a config file the pipeline runs as is."""
-        if not _NAME.match(name):
-            raise ValueError("an export name is a letter, then up to 39 letters, digits, _ or -")
-        state = self.batches.get(batch)
-        chosen = next((t for t in (state or {}).get("takes", []) if t["n"] == take), None)
-        if chosen is None:
-            raise ValueError("no such take: generate, then export one of its takes")
-        s = state["form"]
-        overrides = [f"model.source={self.model_source}", f"generation.cfg_scale={chosen['cfg_scale']}",
-                     f"generation.temperature={s['temperature']}", f"generation.top_p={s['top_p']}",
-                     f"generation.top_k={s['top_k']}", f"generation.end_tag={'auto' if s['end_tag'] else 'off'}"]
+    # -- export ---------------------------------------------------------------------------------
+    def export(self, batch_id: str, take: int, name: str) -> dict[str, Any]:
+        """The chosen take's settings as a Hydra config file the pipeline loads (``--config-name``).
+
+        A config file rather than command-line overrides: transcripts hold spaces, quotes and commas
+        that Hydra's override grammar and the shell would each have to be quoted for."""
+        from omegaconf import OmegaConf
+
+        if not _NAME.fullmatch(name) or name in RESERVED_EXPORT_NAMES:
+            raise ValueError("an export name is a letter, then up to 39 letters, digits, _ or - (not 'config')")
+        with self.lock:
+            state = self.batches.get(batch_id)
+            chosen = next((t for t in (state.takes if state else []) if t["n"] == take), None)
+            if state is None or chosen is None:
+                raise KeyError("no such take: generate, then export one of its takes")
+            s = dict(state.settings)
+            voices = {v: self.voices[v] for v in (s["voice_s1"], s["voice_s2"]) if v}
+        generation: dict[str, Any] = {"cfg_scale": chosen["cfg_scale"], "temperature": s["temperature"],
+                                      "top_p": s["top_p"], "top_k": s["top_k"],
+                                      "end_tag": "auto" if s["end_tag"] else "off"}
         if s["max_seconds"] is not None:
-            overrides.append(f"generation.max_seconds={s['max_seconds']}")
-        columns = {}
-        for role in ("s1", "s2"):
-            voice = s[f"voice_{role}"]
-            if voice:
-                v = self.voices[voice]
-                overrides += [f"voices.{voice}.audio={v.audio}", f"voices.{voice}.transcript={json.dumps(v.transcript)}"]
-                columns[f"voice_{role}"] = voice
-        lines = ["# exported by the audition UI: the settings of take {} ({})".format(take, chosen["audio"]),
-                 "# run: python -m pipeline data=parquet data.input=<your scripts> $(grep -v '^#' " +
-                 f"{self.workdir / 'exports' / (name + '.overrides')})"]
-        lines.append(f"# seeds: each row gets its own, derived from generation.seed and its id; a row with a seed "
-                     f"column of {chosen['seed']} and this script makes this very take")
+            generation["max_seconds"] = s["max_seconds"]
+        doc = {"defaults": ["config", "_self_"], "model": {"source": self.model_source},
+               "data": {"name": name}, "generation": generation,
+               "voices": {v: {"audio": c.audio, "transcript": c.transcript} for v, c in voices.items()}}
+        columns = {f"voice_{role}": s[f"voice_{role}"] for role in ("s1", "s2") if s[f"voice_{role}"]}
+        folder = self.workdir / "exports"
+        command = ("python -m pipeline --config-dir " + shlex.quote(_shown(folder)) + f" --config-name {name} "
+                   "data=parquet data.input=<your scripts>")
+        header = [f"# exported by the audition UI: the settings of take {take}", f"# run: {command}",
+                  f"# seeds: each row gets its own, derived from generation.seed and its id; a row with a seed "
+                  f"column of {chosen['seed']} and this script makes this very take"]
         if columns:
-            lines.append("# rows pick the voices with the columns: " + ", ".join(f"{k}={v}" for k, v in columns.items()))
-        path = self.workdir / "exports" / f"{name}.overrides"
-        path.write_text("\n".join(lines + overrides) + "\n")
-        return {"path": str(path.resolve()), "overrides": overrides, "columns": columns,
-                "command": "python -m pipeline data=parquet data.input=<your scripts> " +
-                           " ".join(_shell(o) for o in overrides)}
+            header.append("# rows pick the voices with the columns: " + ", ".join(f"{k}={v}" for k, v in columns.items()))
+        atomic_write_bytes(folder / f"{name}.yaml", ("\n".join(header) + "\n" + OmegaConf.to_yaml(doc)).encode())
+        return {"file": f"exports/{name}.yaml", "command": command, "columns": columns,
+                "settings": {"generation": generation, "voices": sorted(voices)}}
 
 
-def _shell(override: str) -> str:
-    return override if re.fullmatch(r"[\w.=/:+-]+", override) else "'" + override.replace("'", "'\\''") + "'"
+def _shown(path: Path) -> str:
+    """``path`` relative to the working directory when it is under it (as the user typed it), else absolute."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path.resolve())
+
+
+def _plain(e: BaseException) -> str:
+    """An error as one line for the page."""
+    return " ".join(f"{e}".split()) or type(e).__name__
 
 
 def _number(form: dict[str, Any], key: str, default: float, lo: float, hi: float, integer: bool = False) -> Any:
     raw = form.get(key)
-    if raw in (None, ""):
+    if raw is None or raw == "":
         return default
+    if isinstance(raw, bool) or not isinstance(raw, (str, int, float)):
+        raise ValueError(f"{key} must be {'an integer' if integer else 'a number'}")
     try:
         value = int(raw) if integer else float(raw)
-    except (TypeError, ValueError):
-        raise ValueError(f"{key} must be {'an integer' if integer else 'a number'}, got {raw!r}") from None
-    if not lo <= value <= hi:
-        raise ValueError(f"{key} must be in [{lo}, {hi}], got {value}")
+    except (TypeError, ValueError, OverflowError):
+        raise ValueError(f"{key} must be {'an integer' if integer else 'a number'}, got {str(raw)[:40]!r}") from None
+    if not lo <= value <= hi:  # also refuses nan
+        raise ValueError(f"{key} must be in [{lo:g}, {hi:g}], got {value:g}")
     return value
 
 
-def _settings(form: dict[str, Any]) -> dict[str, Any]:
-    grid = [g for g in str(form.get("cfg_grid") or "").replace(",", " ").split() if g]
-    try:
-        cfg_scales = [float(g) for g in grid]
-    except ValueError:
-        raise ValueError(f"cfg grid must be numbers, e.g. 2 3 4; got {form.get('cfg_grid')!r}") from None
+def _settings(form: dict[str, Any], max_candidates: int) -> dict[str, Any]:
+    raw_grid = form.get("cfg_grid") or ""
+    if not isinstance(raw_grid, str) or len(raw_grid) > 200:
+        raise ValueError("cfg_grid must be a few numbers, e.g. 2 3 4")
+    cfg_scales = [_number({"cfg_grid": g}, "cfg_grid", 0, 0.0, 100.0) for g in raw_grid.replace(",", " ").split()]
+    voices = {}
+    for role in ("voice_s1", "voice_s2"):
+        value = form.get(role)
+        value = None if value is None or value == "" else value
+        if value is not None and not (isinstance(value, str) and _NAME.fullmatch(value)):
+            raise ValueError(f"{role} must be a voice name")
+        voices[role] = value
+    end_tag = form.get("end_tag", True)
+    if not isinstance(end_tag, bool):
+        raise ValueError("end_tag must be true or false")
     return {
         "cfg_scale": _number(form, "cfg_scale", 3.0, 0.0, 100.0), "cfg_scales": cfg_scales,
         "temperature": _number(form, "temperature", 1.2, 0.0, 100.0), "top_p": _number(form, "top_p", 0.95, 1e-6, 1.0),
         "top_k": _number(form, "top_k", 45, 1, 1024, integer=True),
         "seed": _number(form, "seed", 0, 0, 2**31, integer=True),
-        "candidates": _number(form, "candidates", 2, 1, MAX_CANDIDATES, integer=True),
+        "candidates": _number(form, "candidates", 2, 1, max_candidates, integer=True),
         "max_seconds": None if form.get("max_seconds") in (None, "") else _number(form, "max_seconds", 0, 0.1, 35.0),
-        "voice_s1": form.get("voice_s1") or None, "voice_s2": form.get("voice_s2") or None,
-        "end_tag": bool(form.get("end_tag", True)),
+        **voices, "end_tag": end_tag,
     }
 
 
-def make_handler(app: Audition) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        server_version = "dia-audition"
-
-        def log_message(self, *args: Any) -> None:  # quiet
-            pass
-
-        def _send(self, status: int, body: bytes, kind: str) -> None:
-            self.send_response(status)
-            self.send_header("Content-Type", kind)
-            self.send_header("Content-Length", str(len(body)))
-            self.send_header("Cache-Control", "no-store")
-            self.end_headers()
-            self.wfile.write(body)
-
-        def _json(self, data: Any, status: int = 200) -> None:
-            self._send(status, json.dumps(data).encode(), "application/json")
-
-        def do_GET(self) -> None:  # noqa: N802
-            url = urlparse(self.path)
-            if url.path == "/":
-                page = _PAGE.replace("__NONVERBALS__", json.dumps(NON_VERBALS)).replace(
-                    "__MODEL__", json.dumps(app.model_source))
-                return self._send(200, page.encode(), "text/html; charset=utf-8")
-            if url.path == "/api/voices":
-                return self._json(sorted(app.voices))
-            if url.path == "/api/takes":
-                batch = parse_qs(url.query).get("batch", [""])[0]
-                state = app.batches.get(batch)
-                if state is None:
-                    return self._json({"error": "no such batch"}, 404)
-                with app.lock:
-                    return self._json({"takes": list(state["takes"]), "done": state["done"], "error": state["error"]})
-            if url.path.startswith("/takes/"):
-                name = url.path.removeprefix("/takes/")
-                path = app.workdir / "takes" / name
-                if "/" in name or ".." in name or not path.is_file():
-                    return self._send(404, b"not found", "text/plain")
-                return self._send(200, path.read_bytes(), "audio/wav")
-            self._send(404, b"not found", "text/plain")
-
-        def do_POST(self) -> None:  # noqa: N802
-            url = urlparse(self.path)
-            length = int(self.headers.get("Content-Length") or 0)
-            if length > MAX_UPLOAD:
-                return self._json({"error": f"request over {MAX_UPLOAD >> 20} MB"}, 413)
-            body = self.rfile.read(length)
-            try:
-                if url.path == "/api/generate":
-                    return self._json({"batch": app.start(json.loads(body or b"{}"))})
-                if url.path == "/api/export":
-                    form = json.loads(body or b"{}")
-                    return self._json(app.export(str(form.get("batch")), int(form.get("take") or 0),
-                                                 str(form.get("name") or "audition")))
-                if url.path == "/api/voice":
-                    q = parse_qs(url.query)
-                    app.add_voice(q.get("name", [""])[0], q.get("transcript", [""])[0],
-                                  q.get("filename", ["clip.wav"])[0], body)
-                    return self._json(sorted(app.voices))
-            except (ValueError, KeyError, json.JSONDecodeError) as e:
-                return self._json({"error": str(e)}, HTTPStatus.BAD_REQUEST)
-            self._send(404, b"not found", "text/plain")
-
-    return Handler
-
-
-def serve(app: Audition, host: str, port: int) -> ThreadingHTTPServer:
-    server = ThreadingHTTPServer((host, port), make_handler(app))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
-
-
-_PAGE = r"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>Dia audition</title><link rel="icon" href="data:,">
-<style>
-body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#222;max-width:72em}
-textarea{width:100%;height:7em;font:14px monospace}label{margin-right:1em;white-space:nowrap}
-input[type=number]{width:5em}fieldset{margin:.8em 0;border:1px solid #ccc}
-.takes{display:flex;flex-wrap:wrap;gap:1em}.take{border:1px solid #ccc;padding:.6em;border-radius:6px;min-width:15em}
-.take audio{width:100%}.err{color:#a31515}.small{font-size:12px;color:#555}code{background:#f3f3f3;padding:0 .3em}
-</style></head><body>
-<h1>Dia audition</h1>
-<p class="small">Model: <span id="model"></span>. Speaker tags <code>[S1]</code> and <code>[S2]</code> alternate turns; non-verbals:
-<span id="nonverbals"></span>. About 5-20 s of speech per script sounds best.</p>
-<textarea id="text">[S1] Welcome to the show. [S2] Thanks, glad to be here! (laughs)</textarea>
-<fieldset><legend>Voices</legend>
-<label>[S1] <select id="voice_s1"></select></label><label>[S2] <select id="voice_s2"></select></label>
-<span class="small">add one:</span> <input id="vname" placeholder="name" size="8"> <input id="vtext" placeholder="what the clip says" size="28">
-<input id="vfile" type="file" accept=".wav,.flac,.mp3,.ogg"> <button id="vadd">add voice</button></fieldset>
-<fieldset><legend>Settings</legend>
-<label>candidates <input id="candidates" type="number" value="2" min="1" max="8"></label>
-<label>seed <input id="seed" type="number" value="0" min="0"></label>
-<label>cfg scale <input id="cfg_scale" type="number" value="3" step="0.1"></label>
-<label>cfg grid <input id="cfg_grid" placeholder="e.g. 2 3 4" size="8"></label>
-<label>temperature <input id="temperature" type="number" value="1.2" step="0.1"></label>
-<label>top p <input id="top_p" type="number" value="0.95" step="0.01"></label>
-<label>top k <input id="top_k" type="number" value="45"></label>
-<label>max seconds <input id="max_seconds" type="number" step="0.5" placeholder="model"></label>
-<label><input id="end_tag" type="checkbox" checked> end tag</label></fieldset>
-<button id="generate">Generate</button> <span id="status"></span>
-<div class="takes" id="takes"></div>
-<p><label>export name <input id="ename" value="audition" size="12"></label> <span id="export-out" class="small"></span></p>
-<script>
-"use strict";
-const $ = id => document.getElementById(id);
-$("model").textContent = __MODEL__ + (__MODEL__ === "tiny-random" ? " (random weights: its audio is noise)" : "");
-$("nonverbals").textContent = __NONVERBALS__.join(" ");
-let batch = null;
-async function voices(list) {
-  list = list || await (await fetch("/api/voices")).json();
-  for (const id of ["voice_s1", "voice_s2"]) { const sel = $(id), keep = sel.value; sel.replaceChildren(new Option("(none)", ""));
-    for (const v of list) sel.appendChild(new Option(v, v)); sel.value = keep; }
-}
-$("vadd").onclick = async () => {
-  const f = $("vfile").files[0]; if (!f) { $("status").textContent = "choose a clip first"; return; }
-  const q = new URLSearchParams({name: $("vname").value, transcript: $("vtext").value, filename: f.name});
-  const r = await fetch("/api/voice?" + q, {method: "POST", body: await f.arrayBuffer()});
-  const data = await r.json(); if (!r.ok) { $("status").textContent = data.error; $("status").className = "err"; return; }
-  await voices(data); $("status").textContent = "voice added";
-};
-function form() { const f = {}; for (const k of ["text", "voice_s1", "voice_s2", "candidates", "seed", "cfg_scale", "cfg_grid",
-  "temperature", "top_p", "top_k", "max_seconds"]) f[k] = $(k).value; f.end_tag = $("end_tag").checked; return f; }
-$("generate").onclick = async () => {
-  $("takes").replaceChildren(); $("status").className = ""; $("status").textContent = "generating...";
-  const r = await fetch("/api/generate", {method: "POST", body: JSON.stringify(form())});
-  const data = await r.json();
-  if (!r.ok) { $("status").textContent = data.error; $("status").className = "err"; return; }
-  batch = data.batch; poll();
-};
-const shown = new Set();
-async function poll() {
-  const data = await (await fetch("/api/takes?batch=" + batch)).json();
-  for (const t of data.takes) { if (shown.has(batch + t.n)) continue; shown.add(batch + t.n);
-    const box = document.createElement("div"); box.className = "take"; box.dataset.take = t.n;
-    box.appendChild(Object.assign(document.createElement("b"), {textContent: "take " + t.n}));
-    const a = document.createElement("audio"); a.controls = true; a.preload = "metadata"; a.src = t.audio; box.appendChild(a);
-    const m = t.metrics;
-    box.appendChild(Object.assign(document.createElement("div"), {className: "small", textContent:
-      `seed ${t.seed}, cfg ${t.cfg_scale}, ${t.seconds} s, ${m.speaking_rate_wps ?? "-"} words/s, ` +
-      `longest pause ${m.max_inner_silence_s} s, ${m.loudness_lufs ?? "-"} LUFS` + (t.ended_by_eos ? "" : ", hit the length cap")}));
-    const b = document.createElement("button"); b.textContent = "export as job"; b.className = "export";
-    b.onclick = () => exportTake(t.n); box.appendChild(b); $("takes").appendChild(box); }
-  if (data.error) { $("status").textContent = data.error; $("status").className = "err"; return; }
-  if (!data.done) { setTimeout(poll, 300); return; }
-  $("status").textContent = data.takes.length + " take(s)";
-}
-async function exportTake(n) {
-  const r = await fetch("/api/export", {method: "POST", body: JSON.stringify({batch, take: n, name: $("ename").value})});
-  const data = await r.json();
-  if (!r.ok) { $("export-out").textContent = data.error; return; }
-  $("export-out").replaceChildren(document.createTextNode("written " + data.path + ": "),
-    Object.assign(document.createElement("code"), {id: "export-command", textContent: data.command}));
-}
-voices();
-</script></body></html>
-"""
+def _check_text(value: str, what: str) -> str:
+    if _CONTROL.search(value):
+        raise ValueError(f"{what} holds control characters")
+    return value
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -370,28 +419,39 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--cache-dir", default=None)
     ap.add_argument("--voices", action="append", default=[], help="voices YAML file(s); default: configs/voices/*.yaml")
     ap.add_argument("--workdir", default="runs/audition", help="takes, uploaded voices and exports go here")
-    ap.add_argument("--host", default="127.0.0.1", help="127.0.0.1: this machine only. 0.0.0.0 serves every "
-                    "network this machine is on, with no login")
+    ap.add_argument("--host", default="127.0.0.1", help="address to serve on. 127.0.0.1 or ::1: this machine only. "
+                    "0.0.0.0 or :: serves every network this machine is on: anyone there who has the printed "
+                    "address (it carries the token) can generate and upload")
+    ap.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                    help="another name this server may be reached by (the Host header), e.g. the machine's DNS "
+                         "name when serving a network; loopback names and IP addresses need none")
     ap.add_argument("--port", type=int, default=7860)
     args = ap.parse_args(argv)
+    from .audition_server import AuditionServer, ServerError
     from .config import ModelConfig
     from .errors import PipelineError
     from .model_loader import load_model
     from .say import UsageError, _has_gpu, voice_library
 
     try:
+        server = AuditionServer(args.host, args.port, allowed_hosts=args.allow_host)  # bind before the model loads
+    except ServerError as e:
+        print(f"dia-audition: error: {e}", file=sys.stderr)
+        return 2
+    try:
         library = voice_library(args.voices)
         print(f"loading {args.model} ...", file=sys.stderr)
         model = load_model(ModelConfig(source=args.model, codec_source=args.codec, device=args.device,
                                        dtype=args.dtype, cache_dir=args.cache_dir), has_gpu=_has_gpu())
-    except (UsageError, PipelineError) as e:
-        print(f"dia-audition: error: {e}", file=sys.stderr)
+        app = Audition(model, args.model, Path(args.workdir).resolve(), library)
+    except (UsageError, PipelineError, OSError) as e:
+        server.server_close()
+        print(f"dia-audition: error: {_plain(e)}", file=sys.stderr)
         return 2
-    app = Audition(model, args.model, Path(args.workdir).resolve(), library)
-    server = serve(app, args.host, args.port)
-    where = "this machine only" if args.host in ("127.0.0.1", "localhost", "::1") else \
-        f"every network {args.host} reaches, with no login: anyone who can reach the port can generate and upload"
-    print(f"audition UI on http://{args.host}:{server.server_address[1]}/ ({where}); Ctrl-C stops it", file=sys.stderr)
+    serve(app, server=server)  # the address printed carries the token: the page needs it once
+    where = ("this machine only" if server.loopback else
+             f"every network {args.host} reaches: anyone with this address can generate and upload")
+    print(f"audition UI on {server.url} ({where}); Ctrl-C stops it", file=sys.stderr)
     if args.model == "tiny-random":
         print("model tiny-random is random weights: its audio is noise", file=sys.stderr)
     try:
