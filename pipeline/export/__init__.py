@@ -65,7 +65,10 @@ def export_job(job: str, fmt: str, out: str, *, statuses: tuple[str, ...] = ("ok
     dest = Destination(out)
     _check_destination(source, dest)
     exporter = FORMATS[fmt](source, dest, shard_size, options)
-    stats: dict[str, Any] = {"counts": {}, "rows": 0, "seconds": 0.0, "speakers": set(), "turns": 0, "timed_turns": 0}
+    # speakers: named voices are few and kept by name; an unnamed voice is its row's own, so it is counted
+    stats: dict[str, Any] = {"counts": {}, "rows": 0, "seconds": 0.0, "turns": 0, "timed_turns": 0}
+    named: set[str] = set()
+    unnamed = 0
     try:
         for row in source.rows(set(statuses)):
             if not row.audio_path:  # an error row has no audio: no training format has a place for it
@@ -75,7 +78,9 @@ def export_job(job: str, fmt: str, out: str, *, statuses: tuple[str, ...] = ("ok
             stats["counts"][row.status] = stats["counts"].get(row.status, 0) + 1
             stats["rows"] += 1
             stats["seconds"] += row.duration_s
-            stats["speakers"].update(row.speakers)
+            voices = {row.meta.get("voice_s1"), row.meta.get("voice_s2")}
+            named.update(s for s in row.speakers if s in voices)
+            unnamed += len({s for s in row.speakers if s not in voices})
             stats["turns"] += len(row.turns)
             stats["timed_turns"] += sum(1 for t in row.turns if t.start_s is not None)
             stats.setdefault("sample_rate", row.sample_rate)
@@ -88,7 +93,7 @@ def export_job(job: str, fmt: str, out: str, *, statuses: tuple[str, ...] = ("ok
     except BaseException:
         exporter.abort()
         raise
-    stats["speakers"] = len(stats["speakers"])
+    stats["speakers"] = len(named) + unnamed
     shards = sorted(f for f in dest.written)
     stats["files"] = len(shards)
     last = max(0, exporter.shard - 1)
