@@ -9,12 +9,13 @@ alone or anywhere in any batch, without per-row generator objects or host syncs.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Any, Sequence
 
 import torch
 from torch import Tensor
 
-from .config import DiaConfig
+from ..config import DiaConfig
 
 _MASK32 = 0xFFFFFFFF
 
@@ -58,8 +59,21 @@ class RowSampling:
     top_k: Tensor  # int64
     keys: Tensor  # int64 row keys from the seeds
 
+    @classmethod
+    def of(cls, rows: Sequence[Any], device: torch.device) -> "RowSampling":
+        """The settings of ``rows`` (anything with cfg_scale, temperature, top_p, top_k and seed)."""
+        floats = lambda name: torch.tensor([getattr(r, name) for r in rows], dtype=torch.float32, device=device)  # noqa: E731
+        return cls(cfg_scale=floats("cfg_scale"), temperature=floats("temperature"), top_p=floats("top_p"),
+                   top_k=torch.tensor([r.top_k for r in rows], dtype=torch.long, device=device),
+                   keys=row_keys(torch.tensor([r.seed for r in rows], dtype=torch.long, device=device)))
+
     def select(self, index: Tensor) -> "RowSampling":
-        return RowSampling(*(t[index] for t in (self.cfg_scale, self.temperature, self.top_p, self.top_k, self.keys)))
+        return RowSampling(*(getattr(self, f.name)[index] for f in fields(self)))
+
+    def assign(self, index: Tensor, other: "RowSampling") -> None:
+        """Write ``other``'s rows into rows ``index`` of these tensors (in place)."""
+        for f in fields(self):
+            getattr(self, f.name)[index] = getattr(other, f.name)
 
 
 def _top_k_mask(x: Tensor, k: Tensor, k_max: int) -> Tensor:
