@@ -42,9 +42,14 @@ def row_keys(seeds: Tensor) -> Tensor:
 
 
 def gumbel_noise(keys: Tensor, position: int | Tensor, cell_hash: Tensor) -> Tensor:
-    """Gumbel(0, 1) noise [rows, channels, vocab] for one timeline position."""
+    """Gumbel(0, 1) noise [rows, channels, vocab] for one timeline position (``cell_hash`` [channels,
+    vocab]), or [rows, channels, n] at n chosen cells per row and channel (``cell_hash`` [rows, channels, n]).
+
+    A cell's noise depends on its row's key, the position and the cell only; computing it at a few
+    cells gives exactly the values the whole table holds there.
+    """
     step_key = mix32(keys ^ mix32(torch.as_tensor(position, dtype=torch.long, device=keys.device) & _MASK32))
-    h = mix32(cell_hash[None] ^ step_key[:, None, None])
+    h = mix32((cell_hash[None] if cell_hash.dim() == 2 else cell_hash) ^ step_key[:, None, None])
     u = ((h >> 8).to(torch.float32) + 0.5) * (1.0 / (1 << 24))  # in (0, 1)
     return -torch.log(-torch.log(u))
 
@@ -76,16 +81,29 @@ class RowSampling:
             getattr(self, f.name)[index] = getattr(other, f.name)
 
 
-def _top_k_mask(x: Tensor, k: Tensor, k_max: int) -> Tensor:
-    """True for each row's k largest entries (k per row, at most k_max)."""
+NOISE_WIDTH = 64  # candidates per row and channel are computed in blocks of this many (see Sampler)
+
+
+def _top_k(x: Tensor, k: Tensor, k_max: int) -> tuple[Tensor, Tensor]:
+    """Each row's k largest entries (k per row, at most k_max) as candidates: (token ids [..., k_max]
+    in descending order of x, and whether each is within its row's k)."""
     k_max = min(k_max, x.shape[-1])
-    idx = x.topk(k_max, dim=-1).indices
-    keep_rank = torch.arange(k_max, device=x.device) < k[:, None, None]
-    return torch.zeros_like(x, dtype=torch.bool).scatter(-1, idx, keep_rank.expand_as(idx))
+    ids = x.topk(k_max, dim=-1).indices
+    return ids, torch.arange(k_max, device=x.device) < k[:, None, None]
+
+
+def _pick(values: Tensor, ids: Tensor) -> Tensor:
+    """The token of the largest value per row and channel, as ``argmax`` over the whole vocabulary
+    (where every non-candidate is -inf) picks it: the smallest token id among equal maxima, and token
+    0 when every candidate is -inf."""
+    best = values.max(dim=-1, keepdim=True).values
+    token = torch.where(values == best, ids, torch.iinfo(ids.dtype).max).min(dim=-1).values
+    return torch.where(best[..., 0] == float("-inf"), 0, token)
 
 
 def _top_p_filter(x: Tensor, top_p: Tensor) -> Tensor:
-    """Drop tokens outside the smallest set whose mass exceeds top_p (the top token always stays)."""
+    """Drop candidates outside the smallest set whose mass exceeds top_p (the top one always stays);
+    ``x`` holds every token that is not -inf (the rest of the vocabulary has no mass)."""
     probs = torch.softmax(x, dim=-1)
     sorted_p, order = probs.sort(dim=-1, descending=True)
     over = sorted_p.cumsum(dim=-1) > top_p[:, None, None]
@@ -95,7 +113,13 @@ def _top_p_filter(x: Tensor, top_p: Tensor) -> Tensor:
 
 
 class Sampler:
-    """The reference's per-step recipe, for either checkpoint generation (spec §7.3, §7.9)."""
+    """The reference's per-step recipe, for either checkpoint generation (spec §7.3, §7.9).
+
+    Past the first top-k (0626: of the guided logits; v0.1: of the tempered ones) only the k
+    candidates of each row and channel can be drawn, so everything after it (greedy pick, EOS rule,
+    top-p, noise, the draw) runs on those k_max candidates instead of the whole vocabulary of 1,028:
+    the same picks (``_pick`` breaks ties as ``argmax`` does) at a fraction of the work.
+    """
 
     def __init__(self, cfg: DiaConfig, device: torch.device):
         self.cfg = cfg
@@ -107,6 +131,11 @@ class Sampler:
         allowed[0, : cfg.eos_token + 1] = True
         allowed[1:, : cfg.eos_token] = True
         self.blocked = ~allowed
+        self.vocab_ids = torch.arange(v, device=device).expand(cfg.channels, v)
+
+    def _at(self, table: Tensor, ids: Tensor) -> Tensor:
+        """``table`` [channels, vocab] at each row's candidate ids [rows, channels, n]."""
+        return table[None].expand(ids.shape[0], *table.shape).gather(-1, ids)
 
     def __call__(self, logits: Tensor, s: RowSampling, k_max: int, position: int | Tensor) -> Tensor:
         """logits [rows, 2 (uncond, cond), channels, vocab] fp32 -> codes [rows, channels]."""
@@ -115,22 +144,36 @@ class Sampler:
         guided = cond + s.cfg_scale[:, None, None] * (cond - uncond)
         if cfg.schema == "0626":
             # CFG only chooses the candidates; the conditional logits are sampled.
-            work = cond.masked_fill(~_top_k_mask(guided, s.top_k, k_max), neg_inf)
+            ids, in_k = _top_k(guided, s.top_k, k_max)
+            work = cond.gather(-1, ids).masked_fill(~in_k, neg_inf)
         else:
-            work = guided
-        work = work.masked_fill(self.blocked, neg_inf)
+            ids, work = self.vocab_ids.expand(guided.shape[0], *self.vocab_ids.shape), guided
+        work = work.masked_fill(self._at(self.blocked, ids), neg_inf)
+        is_eos = ids == eos
+        is_eos[:, 1:] = False  # EOS is channel 0's alone
         if cfg.schema == "v0.1":
-            work[:, 0, eos] = work[:, 0, eos] * 0.8
-        greedy = work.argmax(dim=-1)
+            work = torch.where(is_eos, work * 0.8, work)
+        greedy = _pick(work, ids)
 
         x = work / s.temperature.clamp_min(1e-6)[:, None, None]
-        eos_on_top = x[:, 0].argmax(dim=-1) == eos
-        ch0 = x[:, 0]
-        if cfg.schema == "0626":  # EOS on top: nothing else survives
-            ch0 = ch0.masked_fill(eos_on_top[:, None] & (torch.arange(ch0.shape[-1], device=x.device) != eos), neg_inf)
-        ch0[:, eos] = torch.where(eos_on_top, ch0[:, eos], torch.full_like(ch0[:, eos], neg_inf))
-        x = torch.cat((ch0[:, None], x[:, 1:]), dim=1)
-        x = x.masked_fill(~_top_k_mask(x, s.top_k, k_max), neg_inf)
+        eos_on_top = (_pick(x[:, :1], ids[:, :1]) == eos)[:, 0]
+        if cfg.schema == "0626":  # EOS on top: nothing else survives in channel 0
+            x = x.masked_fill(eos_on_top[:, None, None] & ~is_eos & (torch.arange(cfg.channels, device=x.device) == 0)[:, None],
+                              neg_inf)
+        x = x.masked_fill(is_eos & ~eos_on_top[:, None, None], neg_inf)  # and EOS only when on top
+        if cfg.schema == "v0.1":  # the top-k of the tempered logits: candidates from here on
+            top, in_k = _top_k(x, s.top_k, k_max)
+            ids, x = ids.gather(-1, top), x.gather(-1, top).masked_fill(~in_k, neg_inf)
+        # (0626: the candidates are at most k finite values, all inside the top k of x already)
         x = _top_p_filter(x, s.top_p)
-        sampled = (x + gumbel_noise(s.keys, position, self.cell_hash)).argmax(dim=-1)
+        # noise in blocks of NOISE_WIDTH candidates, so every row's values come from the same code path
+        width = x.shape[-1]
+        padded = -(-width // NOISE_WIDTH) * NOISE_WIDTH
+        cells = self._at(self.cell_hash, ids)
+        if padded != width:
+            cells = torch.cat((cells, cells[..., :1].expand(*cells.shape[:-1], padded - width)), dim=-1)
+        noise = gumbel_noise(s.keys, position, cells)[..., :width]
+        # A draw of u = 1 (one cell in 2**24) is +inf noise: it wins at a candidate, and must not turn an
+        # excluded one (-inf) into NaN, which argmax would take.
+        sampled = _pick(torch.where(x == neg_inf, neg_inf, x + noise), ids)
         return torch.where(s.temperature[:, None] > 0, sampled, greedy)
