@@ -176,21 +176,37 @@ class SlotState:
         self.live.logical_and_(~out.finished)
         return out.finished
 
+    @torch.inference_mode()
     def compact(self, keep: list[int], length: int) -> None:
         """Keep only the slots ``keep`` (renumbered 0..len-1 in that order); ``length`` cache positions
         are copied. For the tail of a stream on a CPU, where compute grows with rows: once no request
-        is waiting, a freed slot would only cost compute (a captured graph keeps its shape instead)."""
+        is waiting, a freed slot would only cost compute (a captured graph keeps its shape instead).
+
+        In place: the kept slots move to the front of each state tensor, which then views that prefix,
+        so nothing is allocated or zero-filled. Cache positions past ``length`` keep stale (finite)
+        values of earlier occupants, as a refilled slot's do: a slot writes its position before it
+        attends to it and never attends past it."""
+        m = len(keep)
         index = torch.tensor(keep, dtype=torch.long, device=self.device)
         rows = torch.stack((2 * index, 2 * index + 1), dim=1).flatten()
-        self.n = len(keep)
-        self.timeline = self.timeline[index]
-        self.cache.keep_rows(rows, min(length, self.capacity))
-        self.cross_kv = [(k[rows], v[rows]) for k, v in self.cross_kv]
-        self.cross_mask = self.cross_mask[rows]
+        length = min(length, self.capacity)
+        self.n = m
+        self.timeline[:m] = self.timeline[index]
+        self.timeline = self.timeline[:m]
+        for big in (self.cache.k, self.cache.v):
+            big[:, : 2 * m, :, :length] = big[:, rows, :, :length]
+        self.cache.k, self.cache.v = self.cache.k[:, : 2 * m], self.cache.v[:, : 2 * m]
+        for k, v in self.cross_kv:
+            k[: 2 * m], v[: 2 * m] = k[rows], v[rows]
+        self.cross_kv = [(k[: 2 * m], v[: 2 * m]) for k, v in self.cross_kv]
+        self.cross_mask[: 2 * m] = self.cross_mask[rows]
+        self.cross_mask = self.cross_mask[: 2 * m]
         for name in ("t", "max_tokens", "countdown", "finished_at", "ended_by_eos", "live"):
-            setattr(self, name, getattr(self, name)[index])
+            full = getattr(self, name)
+            full[:m] = full[index]
+            setattr(self, name, full[:m])
         self.sampling = self.sampling.select(index)
-        self.slot_index = torch.arange(self.n, device=self.device)
+        self.slot_index = self.slot_index[:m]
         self.layout += 1
 
     # ------------------------------------------------------------------ results
