@@ -211,7 +211,7 @@ def stream_breakdown(enabled: bool) -> Iterator[dict[str, float]]:
     if not enabled:
         yield times
         return
-    from dia_model.engine import SlotState
+    from dia_model.engine.slot_state import SlotState
 
     saved = {name: getattr(SlotState, name) for name in names if hasattr(SlotState, name)}
 
@@ -347,7 +347,7 @@ def load(shape: str, args: argparse.Namespace) -> Any:
     dia = Dia.from_pretrained(folder, device=args.device, dtype=args.dtype, load_codec=False, compile=args.compile)
     codec = args.codec if args.codec != "auto" else ("full" if dia.device.type == "cuda" else "tiny")
     if codec != "none":
-        from dia_model.codec import DacCodec
+        from dia_model.audio.codec import DacCodec
 
         dia.codec = DacCodec.random(seed=0, tiny=codec == "tiny", device=str(dia.device))
     dia.info["bench_codec"] = codec

@@ -156,7 +156,7 @@ def check_codec(device: str, seconds: float = 10.0, batch: int = 8) -> dict:
     RMS error and peak error against fp32, and decode time per audio-second."""
     import torch
 
-    from dia_model.codec import DacCodec
+    from dia_model.audio.codec import DacCodec
 
     frames = int(seconds * 44100 / 512)
     rng = np.random.default_rng(0)

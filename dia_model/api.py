@@ -2,76 +2,26 @@
 
 from __future__ import annotations
 
-import math
 import os
-import secrets
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
 
-from . import checkpoint
 from .config import DiaConfig
-from .devices import resolve_device, resolve_dtype
 from .errors import CheckpointError, DiaError
-from .generate import RowRequest, generate_rows
-from .model import DiaModel
-from .text import encode_script, validate_script
+from .hub import CODEC_REPO
+from .nn import checkpoint
+from .nn.devices import resolve_device, resolve_dtype
+from .nn.model import DiaModel
+from .types import GenerationResult, Request, StreamStats
+from .engine.admission import RowChecker
+from .engine.longform import with_end_tag
+from .engine.loop import CPU_SLOTS, MAX_AUTO_SLOTS, StreamModel, stream_requests
+from .engine.static import generate_rows
+from .engine.timeline import RowRequest, max_new_frames_limit
 
-if TYPE_CHECKING:
-    from .streaming import StreamStats
-
-DEFAULT_CODEC = "descript/dac_44khz"
-MAX_SEED = 2**63 - 1
-
-
-@dataclass
-class GenerationResult:
-    codes: np.ndarray  # int64 [frames, channels]: delay reverted, prompt excluded; what the codec decodes
-    ended_by_eos: bool  # False: the row ran into its length limit
-    seed: int | None  # the seed actually used (drawn at random when none was given)
-    prompt_frames: int
-    settings: dict[str, Any] = field(default_factory=dict)
-    audio: np.ndarray | None = None  # float32 mono waveform, when decoded
-    sample_rate: int = 44100
-    frame_rate: float = 44100 / 512
-    id: Any = None  # stream(): the request's id
-    error: str | None = None  # stream(): why this request was not generated (codes are then empty)
-    chunks: list[Any] | None = None  # long form: a longform.ChunkInfo per chunk (text, frames, prompt)
-    end_tag_applied: bool = False  # end_tag=True: whether the script got the second-to-last speaker's tag
-
-    @property
-    def frames(self) -> int:
-        return int(self.codes.shape[0])
-
-    @property
-    def duration_s(self) -> float:
-        return self.frames / self.frame_rate
-
-
-@dataclass
-class Request:
-    """One request for :meth:`Dia.stream`; the settings mean what they mean in :meth:`Dia.generate`."""
-
-    id: Any
-    text: str
-    cfg_scale: float = 3.0
-    temperature: float = 1.2
-    top_p: float = 0.95
-    top_k: int = 45
-    max_new_frames: int | None = None
-    seed: int | None = None
-    audio_prompt: Any = None  # codes [frames, 9], an audio file path, or a file's bytes
-    prompt_transcript: str | None = None
-    long_form: bool = False  # split a long script into chunks that carry the voices over (dia_model.longform)
-    chunk_seconds: float = 20.0  # long form: expected speech per chunk at most
-    tail_seconds: float = 6.0  # long form: how much of a chunk's end prompts the next (0: none)
-    end_tag: bool = False  # append the second-to-last speaker's tag (the seed's cut-off remedy)
-
-
-CPU_SLOTS = 16
-MAX_AUTO_SLOTS = 256
+DEFAULT_CODEC = CODEC_REPO
 
 
 def _per_row(name: str, value: Any, n: int) -> list[Any]:
@@ -91,6 +41,7 @@ class Dia:
         self.device = device
         self.info = info
         self.codec = codec
+        self.checker = RowChecker(self.config, codec)  # the checks every row passes, in generate() and stream()
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -130,7 +81,7 @@ class Dia:
         if compile:  # with torch's matmul: an opaque C++ kernel call would split the graph
             model.decoder.forward = torch.compile(model.decoder.forward, dynamic=True)
         elif dev.type == "cpu":
-            from .cpu_kernels import cpu_matmul
+            from .nn.cpu_kernels import cpu_matmul
 
             matmul = cpu_matmul()
             if matmul is not None:
@@ -143,7 +94,7 @@ class Dia:
         }
         codec = None
         if load_codec:
-            from .codec import DacCodec
+            from .audio.codec import DacCodec
 
             local = resolved.folder / "codec"
             src = codec_source or (local if (local / "config.json").is_file() else DEFAULT_CODEC)
@@ -172,7 +123,7 @@ class Dia:
 
     def max_new_frames_limit(self, prompt_frames: int = 0) -> int:
         """The most frames a row can generate after a prompt of this many frames."""
-        return self.config.max_frames - self.config.max_delay - 1 - prompt_frames
+        return max_new_frames_limit(self.config, prompt_frames)
 
     # ------------------------------------------------------------------ generation
     def generate(
@@ -227,8 +178,6 @@ class Dia:
                                                 "prompt_transcript": prompt_transcripts})
         tagged = [False] * n
         if end_tag:
-            from .longform import with_end_tag
-
             for i, text in enumerate(text_list):
                 if isinstance(text, str):
                     text_list[i], tagged[i] = with_end_tag(text)
@@ -243,10 +192,10 @@ class Dia:
             "prompt_transcripts": _per_row("prompt_transcripts", prompt_transcripts, n),
         }
         problems: list[str] = []
-        prompts = self._prompt_codes(rows["audio_prompts"], problems)
+        prompts = self.checker.prompt_codes(rows["audio_prompts"], problems)
         requests: list[RowRequest] = []
         for i in range(n):
-            req = self._row_request(i, text_list[i], prompts[i], {k: v[i] for k, v in rows.items()}, problems)
+            req = self.checker.row_request(i, text_list[i], prompts[i], {k: v[i] for k, v in rows.items()}, problems)
             if req is not None:
                 requests.append(req)
         if problems:
@@ -255,10 +204,8 @@ class Dia:
         outputs = generate_rows(self.model, requests, self.device, reference_prompt_span)
         results = [
             GenerationResult(
-                codes=o.codes, ended_by_eos=o.ended_by_eos, seed=r.seed,
-                prompt_frames=0 if r.prompt is None else len(r.prompt),
-                settings={"cfg_scale": r.cfg_scale, "temperature": r.temperature, "top_p": r.top_p,
-                          "top_k": r.top_k, "max_new_frames": r.max_new_frames},
+                codes=o.codes, ended_by_eos=o.ended_by_eos, seed=r.seed, prompt_frames=r.prompt_frames,
+                settings=r.settings,
                 sample_rate=self.sample_rate, frame_rate=self.frame_rate, end_tag_applied=t,
             )
             for o, r, t in zip(outputs, requests, tagged)
@@ -286,7 +233,7 @@ class Dia:
         return results
 
     def stream(self, requests: Iterable[Request], *, slots: int | None = None, decode_audio: bool = True,
-               cuda_graphs: bool | None = None, stats: "StreamStats | None" = None) -> Iterator[GenerationResult]:
+               cuda_graphs: bool | None = None, stats: StreamStats | None = None) -> Iterator[GenerationResult]:
         """Generate ``requests`` with continuous batching, yielding each result as it finishes.
 
         A fixed number of slots decode side by side; when a request finishes, its slot takes the
@@ -304,9 +251,9 @@ class Dia:
         the codec decodes on its own stream beside it. Pass a ``StreamStats`` as ``stats`` to read
         what the call did (steps, slot occupancy, graphs, codec time) while and after it runs.
         """
-        from .streaming import stream_requests
-
-        return stream_requests(self, requests, slots=slots, decode_audio=decode_audio, cuda_graphs=cuda_graphs,
+        ctx = StreamModel(self.model, self.device, self.checker, self.decode_audio if self.codec is not None else None,
+                          self.sample_rate, self.frame_rate)
+        return stream_requests(ctx, requests, slots=slots, decode_audio=decode_audio, cuda_graphs=cuda_graphs,
                                stats=stats)
 
     def encode_audio(self, sources: Sequence[str | os.PathLike | bytes | np.ndarray]) -> list[np.ndarray]:
@@ -318,7 +265,7 @@ class Dia:
         """
         if self.codec is None:
             raise DiaError("no codec is loaded: use Dia.from_pretrained(..., load_codec=True)")
-        from .audio import load_audio
+        from .audio.files import load_audio
 
         waves = [np.asarray(s, dtype=np.float32) if isinstance(s, np.ndarray) else load_audio(s, self.sample_rate)
                  for s in sources]
@@ -330,93 +277,5 @@ class Dia:
             raise DiaError("no codec is loaded: use Dia.from_pretrained(..., load_codec=True)")
         return self.codec.decode(list(codes))
 
-    # ------------------------------------------------------------------ input checks
-    def _prompt_codes(self, prompts: list[Any], problems: list[str]) -> list[np.ndarray | None]:
-        """Per row: None, checked codes, or codes encoded from an audio file (batched)."""
-        out: list[np.ndarray | None] = [None] * len(prompts)
-        to_encode: list[tuple[int, np.ndarray]] = []
-        cfg = self.config
-        for i, p in enumerate(prompts):
-            if p is None:
-                continue
-            if isinstance(p, (str, os.PathLike, bytes, bytearray)):
-                if self.codec is None:
-                    problems.append(f"row {i}: an audio-file prompt needs the codec (load_codec=True), or pass codes")
-                    continue
-                from .audio import AudioError, load_audio
 
-                try:
-                    to_encode.append((i, load_audio(p, self.codec.sample_rate)))
-                except (AudioError, OSError) as e:
-                    name = f"({len(p)} bytes)" if isinstance(p, (bytes, bytearray)) else repr(os.fspath(p))
-                    problems.append(f"row {i}: audio prompt {name} cannot be used: {e}")
-                continue
-            codes = np.asarray(p)
-            if codes.ndim != 2 or codes.shape[1] != cfg.channels or not np.issubdtype(codes.dtype, np.integer):
-                problems.append(
-                    f"row {i}: audio prompt codes must be integers of shape [frames, {cfg.channels}], "
-                    f"got {codes.dtype} {list(codes.shape)}"
-                )
-            elif codes.size and (codes.min() < 0 or codes.max() >= cfg.eos_token):
-                problems.append(f"row {i}: audio prompt codes must lie in 0..{cfg.eos_token - 1}")
-            else:
-                out[i] = codes.astype(np.int64)
-        if to_encode:
-            for (i, _), codes in zip(to_encode, self.codec.encode([w for _, w in to_encode])):
-                out[i] = codes
-        return out
-
-    def _row_request(self, i: int, text: Any, prompt: np.ndarray | None, row: dict[str, Any],
-                     problems: list[str]) -> RowRequest | None:
-        before = len(problems)
-        transcript = row["prompt_transcripts"]
-        if transcript is not None:
-            if not isinstance(transcript, str):
-                problems.append(f"row {i}: prompt transcript must be a string")
-            elif isinstance(text, str):
-                text = f"{transcript.rstrip()} {text.lstrip()}"
-        problems += [f"row {i}: {p}" for p in validate_script(text, self.config.text_length)]
-
-        def number(name: str, lo: float, hi: float, integer: bool = False) -> Any:
-            value = row[name]
-            ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
-            ok = ok and math.isfinite(float(value))
-            if ok and integer:
-                ok = isinstance(value, (int, np.integer)) or float(value).is_integer()
-                value = int(value) if ok else value
-            if not ok or not lo <= value <= hi:
-                kind = "an integer" if integer else "a number"
-                problems.append(f"row {i}: {name}={value!r} must be {kind} in [{lo}, {hi}]")
-                return None
-            return value if integer else float(value)
-
-        cfg_scale = number("cfg_scale", 0.0, 100.0)
-        temperature = number("temperature", 0.0, 100.0)
-        top_p = number("top_p", 1e-6, 1.0)
-        top_k = number("top_k", 1, self.config.audio_vocab, integer=True)
-        prompt_frames = 0 if prompt is None else len(prompt)
-        limit = self.max_new_frames_limit(prompt_frames)
-        if limit < 1:
-            problems.append(
-                f"row {i}: the audio prompt has {prompt_frames} frames, which leaves no room in the model's "
-                f"{self.config.max_frames}-frame timeline; use a prompt of at most {self.max_new_frames_limit() - 1} frames"
-            )
-        max_new = row["max_new_frames"]
-        if max_new is None:
-            max_new = max(limit, 1)
-        else:
-            max_new = number("max_new_frames", 1, max(limit, 1), integer=True)
-            if max_new is None and limit >= 1:
-                problems[-1] += (
-                    f" (the model holds {self.config.max_frames} frames: at most {limit} new frames after a "
-                    f"{prompt_frames}-frame prompt)"
-                )
-        seed = row["seed"]
-        if seed is None:
-            seed = secrets.randbits(63)
-        else:
-            seed = number("seed", 0, MAX_SEED, integer=True)
-        if len(problems) > before:
-            return None
-        return RowRequest(encode_script(text), prompt, max_new, cfg_scale, temperature, top_p, top_k, seed)
-
+__all__ = ["Dia", "DEFAULT_CODEC"]

@@ -11,9 +11,11 @@ import re
 
 import torch
 
+from .errors import ScriptProblem
+from .limits import SCRIPT_MAX_BYTES
+
 SPEAKER_TAGS = {b"[S1]": b"\x01", b"[S2]": b"\x02"}
 _TAG_LIKE = re.compile(r"\[\s*[sS]\s*\d+\s*\]")
-DEFAULT_MAX_BYTES = 1024
 
 
 def encode_script(text: str) -> bytes:
@@ -23,31 +25,31 @@ def encode_script(text: str) -> bytes:
     return data
 
 
-def validate_script(text: object, max_bytes: int = DEFAULT_MAX_BYTES) -> list[str]:
-    """Every problem that would stop ``text`` from being generated; ``[]`` when fine."""
+def validate_script(text: object, max_bytes: int = SCRIPT_MAX_BYTES) -> list[ScriptProblem]:
+    """Every problem that would stop ``text`` from being generated; ``[]`` when fine (each a
+    :class:`ScriptProblem`: its message, and its ``kind``)."""
     if not isinstance(text, str):
-        return [f"script must be a string, got {type(text).__name__}"]
+        return [ScriptProblem(f"script must be a string, got {type(text).__name__}", ScriptProblem.NOT_A_STRING)]
     if not text.strip():
-        return ["script is empty"]
-    problems = []
+        return [ScriptProblem("script is empty", ScriptProblem.EMPTY)]
+    problems: list[ScriptProblem] = []
     for byte, meaning in ((0, "padding"), (1, "the [S1] token"), (2, "the [S2] token")):
         at = text.find(chr(byte))
         if at >= 0:
-            problems.append(
+            problems.append(ScriptProblem(
                 f"script contains the raw control character 0x{byte:02x} at position {at}, which the model "
-                f"would read as {meaning}; remove it"
-            )
+                f"would read as {meaning}; remove it", ScriptProblem.CONTROL_CHARACTER))
     unknown = sorted({m.group(0) for m in _TAG_LIKE.finditer(text)} - {"[S1]", "[S2]"})
     if unknown:
-        problems.append(
-            f"unknown speaker tag(s) {', '.join(unknown)}: Dia knows exactly [S1] and [S2] (upper case)"
-        )
+        problems.append(ScriptProblem(
+            f"unknown speaker tag(s) {', '.join(unknown)}: Dia knows exactly [S1] and [S2] (upper case)",
+            ScriptProblem.UNKNOWN_TAG))
     n = len(encode_script(text))
     if n > max_bytes:
-        problems.append(
+        problems.append(ScriptProblem(
             f"script is {n} bytes after mapping [S1]/[S2], over the model's limit of {max_bytes}; "
-            "shorten it or split it into several rows (about 5-20 s of speech per row works best)"
-        )
+            "shorten it or split it into several rows (about 5-20 s of speech per row works best)",
+            ScriptProblem.TOO_LONG))
     return problems
 
 

@@ -19,11 +19,11 @@ from typing import Callable, Iterable
 
 import torch
 
-from .checkpoint import _ST_DTYPES
+from .nn.checkpoint import ST_DTYPES
 from .config import SHAPES, DiaConfig
-from .layout import pieces
+from .nn.layout import pieces
 
-_ST_NAMES = {dtype: name for name, dtype in _ST_DTYPES.items()}
+_ST_NAMES = {dtype: name for name, dtype in ST_DTYPES.items()}
 
 
 def write_safetensors(path: Path, tensors: Iterable[tuple[str, tuple[int, ...], Callable[[], torch.Tensor]]],
@@ -105,7 +105,7 @@ def make_tiny_checkpoint(folder: str | os.PathLike, *, seed: int = 0, schema: st
     cfg = SHAPES[shape].replace(schema=schema)
     out = save_random_checkpoint(folder, cfg, seed=seed, layout=layout, eos_boost=eos_boost)
     if with_codec:
-        from .codec import DacCodec
+        from .audio.codec import DacCodec
 
         DacCodec.random(seed=seed).save_pretrained(out / "codec")
     return out

@@ -43,13 +43,13 @@ class HubSource:
 
     @property
     def folder(self) -> str:
-        from dia_model.checkpoint import default_local_dir
+        from dia_model import default_local_dir
 
         return default_local_dir(self.repo)
 
     @property
     def command(self) -> str:
-        from dia_model.checkpoint import download_command
+        from dia_model import download_command
 
         return download_command(self.repo, self.revision, self.files, self.folder)
 
@@ -64,20 +64,19 @@ def hub_sources(cfg: ModelConfig) -> list[HubSource]:
 
     Mirrors ``Dia.from_pretrained``: the model is a Hub repo when ``model.source`` is not an existing
     path and looks like ``org/name``; the codec is ``model.codec_source``, else the model folder's
-    ``codec/`` subfolder when it has one, else ``dia_model.codec.DEFAULT_REPO``. A model source that
+    ``codec/`` subfolder when it has one, else ``dia_model.CODEC_REPO``. A model source that
     is neither (a folder only the worker nodes have, or a typo) is left to the replicas: whether
     that folder brings its own codec cannot be told from here.
     """
     if cfg.source in (TINY_RANDOM, "null-model"):  # built locally with its own codec; the benchmarks' null model
         return []
-    from dia_model.checkpoint import looks_like_repo_id
-    from dia_model.codec import CONFIG_NAME, DEFAULT_REPO, WEIGHTS_NAME
+    from dia_model import CODEC_CONFIG_FILE, CODEC_REPO, CODEC_WEIGHTS_FILE, looks_like_repo_id
 
     out: list[HubSource] = []
     if _is_local(cfg.source):
         path = Path(cfg.source).expanduser()
         folder = path if path.is_dir() else path.parent
-        own_codec = (folder / "codec" / CONFIG_NAME).is_file()
+        own_codec = (folder / "codec" / CODEC_CONFIG_FILE).is_file()
     elif looks_like_repo_id(cfg.source):
         own_codec = False
         out.append(HubSource("model.source", cfg.source, cfg.revision, ()))
@@ -86,9 +85,9 @@ def hub_sources(cfg: ModelConfig) -> list[HubSource]:
     codec = cfg.codec_source
     if codec is None and own_codec:
         return out
-    codec = codec or DEFAULT_REPO
+    codec = codec or CODEC_REPO
     if not _is_local(codec) and not codec.endswith(_LOCAL_WEIGHT_SUFFIXES) and looks_like_repo_id(codec):
-        out.append(HubSource("model.codec_source", codec, None, (CONFIG_NAME, WEIGHTS_NAME)))
+        out.append(HubSource("model.codec_source", codec, None, (CODEC_CONFIG_FILE, CODEC_WEIGHTS_FILE)))
     return out
 
 
@@ -103,11 +102,11 @@ def is_cached(src: HubSource) -> bool:
     """Whether the local Hugging Face cache already holds what loading ``src`` offline needs."""
     if src.files:  # the codec: exactly these files
         return all(_cached(src.repo, name, src.revision) for name in src.files)
-    from dia_model.checkpoint import CONFIG_FILE, WEIGHT_FILES
+    from dia_model import CHECKPOINT_CONFIG_FILE, CHECKPOINT_WEIGHT_FILES
 
-    if _cached(src.repo, CONFIG_FILE, src.revision) is None:
+    if _cached(src.repo, CHECKPOINT_CONFIG_FILE, src.revision) is None:
         return False
-    for name in WEIGHT_FILES:  # the first cached weight file is the one an offline load takes
+    for name in CHECKPOINT_WEIGHT_FILES:  # the first cached weight file is the one an offline load takes
         first = _cached(src.repo, name, src.revision)
         if first is None:
             continue
@@ -190,7 +189,7 @@ def offline_message(missing: list[HubSource], reason: str, *, headline: Optional
 
 def judge_sources(quality: Any) -> list[HubSource]:
     """The quality judges' Hub repositories that are not in the local cache (local folders are not)."""
-    from dia_model.checkpoint import looks_like_repo_id
+    from dia_model import looks_like_repo_id
 
     out = []
     for key in ("asr_model", "speaker_model"):

@@ -61,8 +61,7 @@ def pick_device(cfg: ModelConfig, has_gpu: bool) -> tuple[str, str]:
 
 def load_model(cfg: ModelConfig, has_gpu: bool) -> Any:
     """``Dia.from_pretrained`` for the configured source; ``tiny-random`` builds a tiny checkpoint first."""
-    from dia_model import Dia, HubUnavailableError
-    from dia_model.codec import CodecLoadError
+    from dia_model import CodecLoadError, Dia, HubUnavailableError
 
     from .null_model import NULL, NullModel
 

@@ -193,7 +193,7 @@ def say(args: argparse.Namespace) -> int:
     import numpy as np
 
     from dia_model import Request, StreamStats
-    from dia_model.longform import expected_seconds
+    from dia_model import expected_seconds
 
     from . import audio as audio_io
     from .config import ModelConfig
@@ -285,7 +285,7 @@ def _has_gpu() -> bool:
 def main(argv: Optional[list[str]] = None) -> int:
     args = _parser().parse_args(argv)
     from dia_model import DiaError
-    from dia_model.audio import AudioError
+    from dia_model import AudioError
 
     from .errors import PipelineError
 

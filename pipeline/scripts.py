@@ -7,13 +7,11 @@ from __future__ import annotations
 
 from typing import Callable, Optional
 
-from dia_model import DiaError, validate_script
-from dia_model.longform import END_TAG_BYTES, MAX_TAIL_S, expected_seconds, split_script
-from dia_model.text import DEFAULT_MAX_BYTES, encode_script
+from dia_model import (END_TAG_BYTES, MAX_TAIL_S, SCRIPT_MAX_BYTES, WINDOW_S, DiaError, ScriptProblem, encode_script,
+                       expected_seconds, split_script, validate_script)
 
 from .config import EndTagMode, GenerationConfig, LongFormMode
 
-WINDOW_S = 35.0  # one generation: 3,072 frames at 44,100/512 frames/s, less the delay pattern
 CHUNK_WINDOW_S = WINDOW_S - MAX_TAIL_S  # what a chunk may need after the longest carried-over tail
 VOICE_CLIP_WARN_S = 10.0  # the seed's guideline for prompts: 5-10 s
 
@@ -36,7 +34,7 @@ def over_window(script: str, end_tag: bool = True) -> bool:
     """Whether a script is too long for one generation: over ~35 s of expected speech, or over the
     1,024-byte text limit (less the room an end tag takes)."""
     room = END_TAG_BYTES if end_tag else 0
-    return len(encode_script(script)) > DEFAULT_MAX_BYTES - room or expected_seconds(script) > WINDOW_S
+    return len(encode_script(script)) > SCRIPT_MAX_BYTES - room or expected_seconds(script) > WINDOW_S
 
 
 def script_checker(gen: GenerationConfig) -> Callable[[str], list[str]]:
@@ -45,10 +43,10 @@ def script_checker(gen: GenerationConfig) -> Callable[[str], list[str]]:
 
     def check(script: str) -> list[str]:
         if not isinstance(script, str) or not is_long(gen, script):
-            problems = validate_script(script, DEFAULT_MAX_BYTES - tag_room(gen))
+            problems = validate_script(script, SCRIPT_MAX_BYTES - tag_room(gen))
             if gen.long_form == LongFormMode.off:
                 problems = [p + " (or set generation.long_form=auto to generate it in chunks)"
-                            if "over the model's limit" in p else p for p in problems]
+                            if p.kind == ScriptProblem.TOO_LONG else p for p in problems]
             return problems
         problems = [p for p in validate_script(script, max_bytes=1 << 62)]
         if problems:
@@ -59,7 +57,7 @@ def script_checker(gen: GenerationConfig) -> Callable[[str], list[str]]:
                     f"generation.max_script_seconds={gen.max_script_seconds:g}: split it into several rows, "
                     "or raise the cap"]
         try:
-            split_script(script, gen.chunk_seconds, DEFAULT_MAX_BYTES - tag_room(gen), CHUNK_WINDOW_S)
+            split_script(script, gen.chunk_seconds, SCRIPT_MAX_BYTES - tag_room(gen), CHUNK_WINDOW_S)
         except DiaError as e:
             return [str(e)]
         return []

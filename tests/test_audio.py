@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from dia_model.audio import AudioError, audio_to_bytes, load_audio, write_audio
+from dia_model.audio.files import AudioError, audio_to_bytes, load_audio, write_audio
 
 
 def _sine(n: int, sample_rate: int, freq: float = 440.0, amplitude: float = 0.5) -> np.ndarray:

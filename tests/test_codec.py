@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from dia_model.codec import CodecLoadError, DacCodec
+from dia_model.audio.codec import CodecLoadError, DacCodec
 
 TOLERANCE = 1e-5  # batched vs per-item decode: float rounding only (measured < 1e-6)
 
@@ -328,7 +328,7 @@ def _with(codec: DacCodec, **settings) -> DacCodec:
 
 
 def test_a_long_item_decoded_in_windows_equals_it_decoded_whole(codec, monkeypatch):
-    import dia_model.codec as codec_module
+    import dia_model.audio.codec as codec_module
 
     codes = [_codes(230, 7), _codes(61, 8), _codes(20, 9)]
     whole = codec.decode(codes)

@@ -10,8 +10,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dia_model import Dia, cpu_kernels
-from dia_model.cpu_kernels import avx2_linear, unavailable_reason
+from dia_model import Dia
+from dia_model.nn import cpu_kernels
+from dia_model.nn.cpu_kernels import avx2_linear, unavailable_reason
 
 kernel = avx2_linear()
 needs_kernel = pytest.mark.skipif(
@@ -106,7 +107,7 @@ def test_a_build_lock_left_by_a_killed_process_does_not_hang_the_next(tmp_path):
     (folder / "dia-build.flock").unlink(missing_ok=True)
     (folder / "lock").touch()  # as a killed build leaves it
     child = subprocess.run(
-        [sys.executable, "-c", "from dia_model.cpu_kernels import avx2_linear; assert avx2_linear() is not None"],
+        [sys.executable, "-c", "from dia_model.nn.cpu_kernels import avx2_linear; assert avx2_linear() is not None"],
         env={**os.environ, "TORCH_EXTENSIONS_DIR": str(tmp_path)},
         cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=300,
     )

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from dia_model import Dia
-from dia_model.model import KVCache
+from dia_model.nn.model import KVCache
 from dia_model.text import encode_script, text_batch
 
 GOLDEN = Path(__file__).parent / "data" / "golden"

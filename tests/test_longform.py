@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from dia_model import Dia, DiaError, Request, StreamStats, make_tiny_checkpoint
-from dia_model.longform import Turn, choose_tail, end_tag, expected_seconds, parse_turns, split_script
+from dia_model.engine.longform import Turn, choose_tail, end_tag, expected_seconds, parse_turns, split_script
 
 SENTENCE = "This is a sentence of an ordinary dialogue turn, said at an easy pace."  # ~70 bytes, ~5 s
 

@@ -216,7 +216,8 @@ def test_replica_without_the_hub_gets_the_pipeline_advice(hub_env):
 def test_replica_missing_only_the_codec_is_told_about_the_codec(hub_env, tmp_path):
     """The codec's own load error (the model loaded from a local folder without codec/), re-worded
     by the builder load_model uses (loading even a tiny model here would build the CPU kernels)."""
-    from dia_model.codec import CodecLoadError, DacCodec
+    from dia_model import CodecLoadError
+    from dia_model.audio.codec import DacCodec
 
     from pipeline.hub_check import replica_hub_error
 
@@ -234,8 +235,8 @@ def test_replica_missing_only_the_codec_is_told_about_the_codec(hub_env, tmp_pat
 
 
 def test_dia_model_messages_name_the_same_download_tool(hub_env):
-    from dia_model import Dia, HubUnavailableError
-    from dia_model.codec import CodecLoadError, DacCodec
+    from dia_model import CodecLoadError, Dia, HubUnavailableError
+    from dia_model.audio.codec import DacCodec
 
     with pytest.raises(HubUnavailableError) as model:
         Dia.from_pretrained(MODEL, load_codec=False)

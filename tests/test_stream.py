@@ -135,11 +135,10 @@ def test_golden_cases_through_stream(name, fmt):
 def test_the_step_keeps_every_state_tensor_in_place(model, prompts):
     """What a captured CUDA graph relies on: admissions and steps write into the same storage (only a
     longer script's cross-attention cache reallocates, and says so through ``layout``)."""
-    from dia_model.engine import SlotState
-    from dia_model.streaming import check_request
+    from dia_model.engine.slot_state import SlotState
 
     state = SlotState(model.model, 3, model.device)
-    reqs = [check_request(model, Request(id=i, text=text, seed=i, max_new_frames=20, audio_prompt=p))[0]
+    reqs = [model.checker.check_request(Request(id=i, text=text, seed=i, max_new_frames=20, audio_prompt=p))[0]
             for i, (text, p) in enumerate([(A, None), (B, prompts[1]), (C, None)])]
     state.admit([0, 1], reqs[:2])
     tensors = lambda: [state.timeline, state.t, state.countdown, state.finished_at, state.ended_by_eos,  # noqa: E731

@@ -8,7 +8,7 @@ import pytest
 import soundfile as sf
 
 from dia_model import Dia, DiaError, make_tiny_checkpoint
-from dia_model.audio import load_audio
+from dia_model.audio.files import load_audio
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,5 @@
 """Slot bookkeeping for the continuous-batching engine: which request sits in which slot, how far
-each has got, and which slots are free. Host-side only; the math is in ``engine.py``.
+each has got, and which slots are free. Host-side only; the math is in ``slot_state.py``.
 
 The device tells which slots finished through a bool tensor copied to the host without waiting
 (``non_blocking`` into pinned memory on CUDA) and read one step later, so the steady-state step
@@ -9,13 +9,14 @@ changing on the device by then, so nothing is lost but that one step of its seat
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Optional
 
 import torch
 
-from .engine import LENGTH_BUCKET, _round_up
-from .generate import RowRequest
+from ..types import StreamStats
+from .buckets import LENGTH_BUCKET, round_up
+from .timeline import RowRequest
 
 
 @dataclass
@@ -26,14 +27,14 @@ class Seat:
     row: RowRequest
     prompt_frames: int
     position: int  # the slot's input position as the host reckons it (at most one step ahead of the device)
-    extra: dict[str, Any] = field(default_factory=dict)  # whatever the caller needs back with the result
+    end_tag_applied: bool = False  # whether the script got an end tag (the result says so)
 
 
 class SlotTable:
     """Seats of ``n`` slots, plus the finished-slot flags in flight from the device."""
 
     def __init__(self, n: int, capacity: int, device: torch.device, length_bucket: int | None = None,
-                 stats: Any = None):
+                 stats: StreamStats | None = None):
         self.n = n
         self.capacity = capacity
         self.length_bucket = length_bucket or LENGTH_BUCKET
@@ -41,12 +42,8 @@ class SlotTable:
         self._pinned = device.type == "cuda"
         self._in_flight: list[tuple[torch.Tensor, Any]] = []  # (host copy, event) of a step's flags
         # counts steps, slot_steps (slots computed, fewer after a compaction) and busy_slot_steps
-        # (those holding a request): a streaming.StreamStats, or one of its own
-        if stats is None:
-            from .streaming import StreamStats
-
-            stats = StreamStats()
-        self.stats = stats
+        # (those holding a request): the stream's StreamStats, or one of its own
+        self.stats = stats if stats is not None else StreamStats()
 
     # ------------------------------------------------------------------ seats
     def free(self) -> list[int]:
@@ -77,7 +74,7 @@ class SlotTable:
     def attention_length(self) -> int:
         """How much of the cache this step reads: past the furthest live position, in buckets."""
         furthest = max((s.position for s in self.seats if s is not None), default=0)
-        return min(self.capacity, _round_up(furthest + 2, self.length_bucket))
+        return min(self.capacity, round_up(furthest + 2, self.length_bucket))
 
     def top_k_bound(self) -> int:
         return max((s.row.top_k for s in self.seats if s is not None), default=1)

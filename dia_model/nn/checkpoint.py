@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,15 +20,15 @@ from typing import Callable
 
 import torch
 
-from .config import DiaConfig
-from .errors import CheckpointError, HubUnavailableError
+from ..config import DiaConfig
+from ..errors import CheckpointError, HubUnavailableError
+from ..hub import CHECKPOINT_CONFIG_FILE, CHECKPOINT_WEIGHT_FILES, default_local_dir, download_command, looks_like_repo_id
 from .layout import LAYOUTS, Piece, detect_layout, expected_keys, pieces
 
-CONFIG_FILE = "config.json"
-# In order of preference: safetensors first (no pickle, streamed), then the pickles.
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "dia-v0_1.pth")
+CONFIG_FILE = CHECKPOINT_CONFIG_FILE
+WEIGHT_FILES = CHECKPOINT_WEIGHT_FILES  # in order of preference
 
-_ST_DTYPES = {
+ST_DTYPES = {
     "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
     "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
     "BOOL": torch.bool,
@@ -46,17 +45,13 @@ class ResolvedCheckpoint:
 
 
 # --------------------------------------------------------------------------- sources
-def _looks_like_repo_id(source: str) -> bool:
-    return bool(re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", source)) and not source.startswith((".", "/"))
-
-
 def resolve(source: str | os.PathLike, revision: str | None = None) -> ResolvedCheckpoint:
     """A local folder / weight file, or a Hub repo id downloaded (only the files we need)."""
     path = Path(source).expanduser()
     if path.exists():
         return _resolve_local(path, str(source), revision)
     text = str(source)
-    if _looks_like_repo_id(text):
+    if looks_like_repo_id(text):
         return _resolve_hub(text, revision)
     raise CheckpointError(f"checkpoint {text!r} is neither an existing folder/file nor a Hub repo id (org/name)")
 
@@ -87,27 +82,6 @@ def _shard_names(index_path: Path) -> list[str]:
     except (OSError, ValueError, KeyError) as e:
         raise CheckpointError(f"cannot read shard index {index_path}: {e}") from e
     return sorted(set(weight_map.values()))
-
-
-def looks_like_repo_id(source: str) -> bool:
-    """Whether ``source`` (not an existing path) would be fetched from the Hub as ``org/name``."""
-    return _looks_like_repo_id(source)
-
-
-def download_command(repo: str, revision: str | None = None, files: tuple[str, ...] = (),
-                     local_dir: str | None = None) -> str:
-    """The ``hf download`` command (huggingface_hub's CLI) that puts ``repo`` (or only ``files``
-    of it) in a folder; the one download tool every message of this package names."""
-    parts = ["hf", "download", repo, *files]
-    if revision:
-        parts += ["--revision", revision]
-    parts += ["--local-dir", local_dir or default_local_dir(repo)]
-    return " ".join(parts)
-
-
-def default_local_dir(repo: str) -> str:
-    """``./<name>`` for ``org/name``: where the download advice puts a repo."""
-    return "./" + repo.rstrip("/").split("/")[-1]
 
 
 def _hub_advice(repo: str, revision: str | None, why: str) -> str:
@@ -180,7 +154,7 @@ def _safetensors_sources(path: Path) -> dict[str, TensorSource]:
     for name, meta in header.items():
         if name == "__metadata__":
             continue
-        dtype = _ST_DTYPES.get(meta["dtype"])
+        dtype = ST_DTYPES.get(meta["dtype"])
         if dtype is None:
             raise CheckpointError(f"{path}: tensor {name} has unsupported dtype {meta['dtype']}")
         shape = tuple(int(s) for s in meta["shape"])
@@ -306,5 +280,5 @@ def _copy_piece(piece: Piece, tensor: torch.Tensor, layout: str, dest: torch.Ten
 
 __all__ = [
     "LAYOUTS", "ResolvedCheckpoint", "resolve", "tensor_sources", "check_keys", "load_parameters",
-    "WEIGHT_FILES", "CONFIG_FILE", "looks_like_repo_id", "download_command", "default_local_dir",
+    "WEIGHT_FILES", "CONFIG_FILE",
 ]

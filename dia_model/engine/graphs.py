@@ -1,7 +1,7 @@
 """CUDA graphs for the slot engine's decode step: captured once per (attention length bucket, top-k
 bound) and replayed, so a step costs one launch instead of ~40 per layer.
 
-The step (``engine.SlotState.step``) updates every state tensor in place and never asks the host
+The step (``slot_state.SlotState.step``) updates every state tensor in place and never asks the host
 anything, so a replay runs the same kernels on the same addresses with whatever requests the
 admissions wrote there. A graph goes stale only when a state tensor is reallocated (the
 cross-attention cache growing for a longer script); ``SlotState.layout`` says when, and the
@@ -16,7 +16,7 @@ import warnings
 import torch
 from torch import Tensor
 
-from .engine import SlotState
+from .slot_state import SlotState
 
 # The step's state: what warm-up runs advance and what must be put back before the real step.
 _STATE = ("timeline", "t", "countdown", "finished_at", "ended_by_eos", "live")

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .config import DiaConfig
+from ..config import DiaConfig
 
 
 class RMSNorm(nn.Module):

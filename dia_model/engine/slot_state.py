@@ -1,34 +1,28 @@
-"""The continuous-batching decode step: a fixed number of slots, each decoding its own request at
-its own timeline position.
+"""The slot engine's device state: a fixed number of slots, each decoding its own request at its
+own timeline position, and the step that advances them all.
 
 All per-slot state lives in device tensors of a fixed shape (timeline, positions, countdowns,
 sampling settings, self-attention and cross-attention caches), so the step has the same shape
 whatever requests come and go, and a slot is refilled by writing into its rows. The math of one
-step is exactly ``generate.generate_rows``'s, per slot: the delay pattern, the teacher-forced
-prompt head, EOS and the 15-step countdown, CFG with the conditional and unconditional rows
-side by side (rows 2s and 2s+1 belong to slot s). Which request sits in which slot is kept by
-``slots.SlotTable``; this module knows only slot numbers.
+step is ``step.DecodeStep``, the one ``static.generate_rows`` runs, per slot: the delay pattern, the
+teacher-forced prompt head, EOS and the 15-step countdown, CFG with the conditional and unconditional
+rows side by side (rows 2s and 2s+1 belong to slot s). Which request sits in which slot is kept by
+``slot_table.SlotTable``; this module knows only slot numbers.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 
-import numpy as np
 import torch
 from torch import Tensor
 
-from .generate import NOT_GENERATED, RowOutput, RowRequest, delayed_prompt, revert_delay
-from .model import DiaModel, KVCache, cache_dtype
-from .sampling import RowSampling, Sampler, row_keys
-from .text import text_batch
-
-LENGTH_BUCKET = 64  # self-attention reads the cache up to the longest live position, rounded up to this
-TEXT_BUCKET = 64  # cross-attention keys are held for the longest live script, rounded up to this
-
-
-def _round_up(n: int, step: int) -> int:
-    return -(-n // step) * step
+from ..nn.model import DiaModel, KVCache, cache_dtype
+from ..text import text_batch
+from .buckets import TEXT_BUCKET, round_up
+from .sampling import RowSampling
+from .step import DecodeStep
+from .timeline import NOT_GENERATED, RowOutput, RowRequest, delayed_prompt, row_output
 
 
 def _paired(x: Tensor) -> Tensor:
@@ -79,15 +73,14 @@ class SlotState:
             top_p=torch.ones(n, dtype=torch.float32, device=device),
             top_k=longs(1), keys=longs(0),
         )
-        self.sampler = Sampler(cfg, device)
+        self.decode = DecodeStep(cfg, device)
         self.slot_index = torch.arange(n, device=device)
-        self.delays = torch.tensor(cfg.delay_pattern, device=device)
 
     # ------------------------------------------------------------------ admission
     def _grow_text(self, needed: int) -> None:
         """Make the cross-attention cache hold ``needed`` script bytes (keeps what it holds)."""
         cfg = self.cfg
-        size = min(_round_up(needed, TEXT_BUCKET), max(cfg.text_length, needed))
+        size = min(round_up(needed, TEXT_BUCKET), max(cfg.text_length, needed))
         if size <= self.text_capacity:
             return
         grown = []
@@ -126,21 +119,16 @@ class SlotState:
         mask[..., :width] = enc_real[:, None, None, :]
         self.cross_mask[rows] = mask
 
-        lengths = [0 if r.prompt is None else len(r.prompt) for r in requests]
+        lengths = [r.prompt_frames for r in requests]
         self.timeline[index] = NOT_GENERATED
         for s, r in zip(slots, requests):
             head = delayed_prompt(cfg, r.prompt).to(dev)
             self.timeline[s, : len(head)] = head
         as_long = lambda values: torch.tensor(values, dtype=torch.long, device=dev)  # noqa: E731
         self.t[index] = as_long(lengths)
-        self.max_tokens[index] = as_long([r.max_new_frames + cfg.max_delay + 1 + p for r, p in zip(requests, lengths)])
+        self.max_tokens[index] = as_long([r.max_tokens(cfg) for r in requests])
         self.countdown[index], self.finished_at[index], self.ended_by_eos[index], self.live[index] = -1, -1, False, True
-        s = self.sampling
-        s.cfg_scale[index] = torch.tensor([r.cfg_scale for r in requests], dtype=torch.float32, device=dev)
-        s.temperature[index] = torch.tensor([r.temperature for r in requests], dtype=torch.float32, device=dev)
-        s.top_p[index] = torch.tensor([r.top_p for r in requests], dtype=torch.float32, device=dev)
-        s.top_k[index] = as_long([r.top_k for r in requests])
-        s.keys[index] = row_keys(as_long([r.seed for r in requests]))
+        self.sampling.assign(index, RowSampling.of(requests, dev))
         self._prefill(slots, lengths)
 
     def _prefill(self, slots: list[int], lengths: list[int]) -> None:
@@ -171,61 +159,58 @@ class SlotState:
         Every piece of state is updated in place and nothing asks the host a question, so the step
         can be captured once as a CUDA graph and replayed (``graphs.GraphedStep``).
         """
-        cfg, n, max_delay = self.cfg, self.n, self.cfg.max_delay
+        cfg, n = self.cfg, self.n
         live, t, slot = self.live, self.t, self.slot_index
         position = torch.where(live, t, 0)
         frame = _paired(torch.where(live[:, None], self.timeline[slot, position], 0))
         logits = self.model.decoder.step(frame, _paired(position), self.cache, self.cross_kv, self.cross_mask,
                                          length)
-        pred = self.sampler(logits.view(n, 2, cfg.channels, cfg.audio_vocab), self.sampling, k_max, position + 1)
-
         cur = position + 1  # the timeline cell being predicted
-        forced = self.timeline[slot, cur]
-        waiting = live & (self.countdown < 0)
-        # EOS counts only where channel 0 is really generated (not inside the slot's prompt).
-        eos_hit = waiting & (pred[:, 0] == cfg.eos_token) & (forced[:, 0] == NOT_GENERATED)
-        trigger = waiting & (eos_hit | (cur >= self.max_tokens - max_delay))
-        countdown = torch.where(trigger, max_delay, self.countdown)
-        self.finished_at.copy_(torch.where(trigger, cur, self.finished_at))
-        self.ended_by_eos.logical_or_(eos_hit)
-        # The countdown closes channel c with EOS delta_c steps after the end, PAD after that.
-        closing = live & (countdown > 0)
-        since_end = (max_delay - countdown)[:, None]
-        pred = torch.where(closing[:, None] & (since_end == self.delays), cfg.eos_token, pred)
-        pred = torch.where(closing[:, None] & (since_end > self.delays), cfg.pad_token, pred)
-        countdown = torch.where(closing, countdown - 1, countdown)
-        written = torch.where(forced == NOT_GENERATED, pred, forced)
-        self.timeline[slot, cur] = torch.where(live[:, None], written, forced)
+        out = self.decode(logits.view(n, 2, cfg.channels, cfg.audio_vocab), self.sampling, k_max, position,
+                          self.timeline[slot, cur], self.countdown, self.max_tokens, live)
+        self.finished_at.copy_(torch.where(out.triggered, cur, self.finished_at))
+        self.ended_by_eos.logical_or_(out.eos_hit)
+        self.timeline[slot, cur] = out.written
         self.t.copy_(torch.where(live, cur, t))
-        self.countdown.copy_(countdown)
-        finished = live & (countdown == 0)
-        self.live.logical_and_(~finished)
-        return finished
+        self.countdown.copy_(out.countdown)
+        self.live.logical_and_(~out.finished)
+        return out.finished
 
+    @torch.inference_mode()
     def compact(self, keep: list[int], length: int) -> None:
         """Keep only the slots ``keep`` (renumbered 0..len-1 in that order); ``length`` cache positions
         are copied. For the tail of a stream on a CPU, where compute grows with rows: once no request
-        is waiting, a freed slot would only cost compute (a captured graph keeps its shape instead)."""
+        is waiting, a freed slot would only cost compute (a captured graph keeps its shape instead).
+
+        In place: the kept slots move to the front of each state tensor, which then views that prefix,
+        so nothing is allocated or zero-filled. Cache positions past ``length`` keep stale (finite)
+        values of earlier occupants, as a refilled slot's do: a slot writes its position before it
+        attends to it and never attends past it."""
+        m = len(keep)
         index = torch.tensor(keep, dtype=torch.long, device=self.device)
         rows = torch.stack((2 * index, 2 * index + 1), dim=1).flatten()
-        self.n = len(keep)
-        self.timeline = self.timeline[index]
-        self.cache.keep_rows(rows, min(length, self.capacity))
-        self.cross_kv = [(k[rows], v[rows]) for k, v in self.cross_kv]
-        self.cross_mask = self.cross_mask[rows]
+        length = min(length, self.capacity)
+        self.n = m
+        self.timeline[:m] = self.timeline[index]
+        self.timeline = self.timeline[:m]
+        for big in (self.cache.k, self.cache.v):
+            big[:, : 2 * m, :, :length] = big[:, rows, :, :length]
+        self.cache.k, self.cache.v = self.cache.k[:, : 2 * m], self.cache.v[:, : 2 * m]
+        for k, v in self.cross_kv:
+            k[: 2 * m], v[: 2 * m] = k[rows], v[rows]
+        self.cross_kv = [(k[: 2 * m], v[: 2 * m]) for k, v in self.cross_kv]
+        self.cross_mask[: 2 * m] = self.cross_mask[rows]
+        self.cross_mask = self.cross_mask[: 2 * m]
         for name in ("t", "max_tokens", "countdown", "finished_at", "ended_by_eos", "live"):
-            setattr(self, name, getattr(self, name)[index])
+            full = getattr(self, name)
+            full[:m] = full[index]
+            setattr(self, name, full[:m])
         self.sampling = self.sampling.select(index)
-        self.slot_index = torch.arange(self.n, device=self.device)
+        self.slot_index = self.slot_index[:m]
         self.layout += 1
 
     # ------------------------------------------------------------------ results
     def output(self, s: int, prompt_frames: int) -> RowOutput:
         """The finished slot's codes (delay reverted, prompt excluded), read from its timeline."""
-        cfg = self.cfg
-        start = prompt_frames + 1
-        frames = max(int(self.finished_at[s]) - start, 0)
-        row = self.timeline[s, start : start + frames + cfg.max_delay].cpu()
-        codes = revert_delay(cfg, row, frames)
-        codes = torch.where((codes >= 0) & (codes < cfg.eos_token), codes, 0)
-        return RowOutput(codes.numpy().astype(np.int64), bool(self.ended_by_eos[s]))
+        return row_output(self.cfg, self.timeline[s].cpu(), prompt_frames, int(self.finished_at[s]),
+                          bool(self.ended_by_eos[s]))

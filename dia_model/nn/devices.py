@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .errors import DiaError
+from ..errors import DiaError
 
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
            "float16": torch.float16, "fp16": torch.float16}

@@ -16,13 +16,11 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from ..errors import AudioError
+
 AudioSource = str | os.PathLike | BinaryIO | bytes
 
 _FORMATS = {".wav": "WAV", ".flac": "FLAC", ".ogg": "OGG", ".mp3": "MP3"}
-
-
-class AudioError(ValueError):
-    """An audio file is missing, unreadable, empty or holds unusable samples."""
 
 
 def load_audio(source: AudioSource, target_sample_rate: int = 44100) -> np.ndarray:

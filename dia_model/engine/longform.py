@@ -13,28 +13,28 @@ Where a turn boundary falls in the audio is not known (there is no aligner); it 
 the share of the chunk's text before it, scaled to the frames the chunk actually made.
 
 Pure bookkeeping: :class:`LongForm` says which request to run next and how to assemble the result;
-``streaming.py`` runs the requests.
+``loop.py`` runs the requests.
 """
 
 from __future__ import annotations
 
 import re
+import secrets
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-from .errors import DiaError
-
-if TYPE_CHECKING:
-    from .api import Dia, GenerationResult, Request
+from ..config import DiaConfig
+from ..errors import DiaError
+from ..limits import END_TAG_BYTES, MAX_TAIL_S
+from ..types import ChunkInfo, GenerationResult, Request
+from .timeline import max_new_frames_limit
 
 # Expected speech rate in UTF-8 bytes of script per second (speaker tags excluded). A 3-minute
 # dialogue is about 2,500 bytes of script, i.e. ~14 B/s; only used to size chunks and tails.
 SPEECH_BYTES_PER_S = 14.0
-MAX_TAIL_S = 10.0  # the seed's guideline for prompts is 5-10 s; more eats the next chunk's window
 TAIL_RANGE = (1 / 3, 5 / 3)  # tails from 1/3 to 5/3 of tail_seconds count as near it (6 s: 2-10 s)
-END_TAG_BYTES = 5  # " [S1]"
 
 _TAG = re.compile(r"\[S[12]\]")
 _SENTENCE_END = re.compile(r"(?<=[.!?\u2026])[\"'\u201d)\]]*\s+")
@@ -55,19 +55,6 @@ class Turn:
     @property
     def seconds(self) -> float:
         return expected_seconds(self.text)
-
-
-@dataclass
-class ChunkInfo:
-    """One chunk of a long-form result: its text, where its frames sit in the result, and its prompt."""
-
-    text: str
-    frames: int  # new frames this chunk made (its share of the result's codes)
-    start_frame: int  # where they begin in the result's codes
-    prompt_frames: int  # frames of audio prompt it was given (chunk 0: the request's own prompt)
-    prompt_text: str | None  # the prompt's transcript
-    seed: int | None
-    ended_by_eos: bool
 
 
 def expected_seconds(text: str) -> float:
@@ -215,7 +202,7 @@ class ChunkId:
 class LongForm:
     """One long-form request on its way through the chunks."""
 
-    request: "Request"
+    request: Request
     chunks: list[list[Turn]]
     seed: int
     frame_rate: float
@@ -226,24 +213,22 @@ class LongForm:
     end_tag_applied: bool = False
 
     @classmethod
-    def start(cls, dia: "Dia", req: "Request") -> "LongForm":
-        """Split the request's script; raises DiaError with what to fix."""
-        import secrets
-
+    def start(cls, req: Request, cfg: DiaConfig, frame_rate: float) -> "LongForm":
+        """Split the request's script for a model of config ``cfg``; raises DiaError with what to fix."""
         if not isinstance(req.text, str):
             raise DiaError(f"script must be a string, got {type(req.text).__name__}")
         if not isinstance(req.chunk_seconds, (int, float)) or not 1.0 <= req.chunk_seconds <= 60.0:
             raise DiaError(f"chunk_seconds={req.chunk_seconds!r} must be a number in [1, 60]")
         if not isinstance(req.tail_seconds, (int, float)) or not 0.0 <= req.tail_seconds <= MAX_TAIL_S:
             raise DiaError(f"tail_seconds={req.tail_seconds!r} must be a number in [0, {MAX_TAIL_S:g}]")
-        limit = dia.config.text_length - (END_TAG_BYTES if req.end_tag else 0)
+        limit = cfg.text_length - (END_TAG_BYTES if req.end_tag else 0)
         transcript = len(req.prompt_transcript.encode("utf-8")) + 1 if isinstance(req.prompt_transcript, str) else 0
-        window = dia.max_new_frames_limit(int(MAX_TAIL_S * dia.frame_rate)) / dia.frame_rate
+        window = max_new_frames_limit(cfg, int(MAX_TAIL_S * frame_rate)) / frame_rate
         chunks = split_script(req.text, float(req.chunk_seconds), limit - transcript, window)
         seed = req.seed if req.seed is not None else secrets.randbits(63)
-        return cls(req, chunks, int(seed), dia.frame_rate, limit)
+        return cls(req, chunks, int(seed), frame_rate, limit)
 
-    def chunk_request(self, k: int, prompt: Any, transcript: str | None) -> "Request":
+    def chunk_request(self, k: int, prompt: Any, transcript: str | None) -> Request:
         text = join_turns(self.chunks[k])
         applied = False
         if self.request.end_tag:
@@ -254,10 +239,10 @@ class LongForm:
         return replace(self.request, id=ChunkId(self, k), text=text, seed=seed, audio_prompt=prompt,
                        prompt_transcript=transcript, long_form=False, end_tag=False)
 
-    def first(self) -> "Request":
+    def first(self) -> Request:
         return self.chunk_request(0, self.request.audio_prompt, self.request.prompt_transcript)
 
-    def finished(self, result: "GenerationResult") -> "Request | None":
+    def finished(self, result: GenerationResult) -> Request | None:
         """Record chunk ``len(self.codes)``; the next chunk's request, or None when all are done."""
         k = len(self.codes)
         start = sum(len(c) for c in self.codes)
@@ -274,7 +259,7 @@ class LongForm:
             return self.chunk_request(k + 1, None, None)
         return self.chunk_request(k + 1, result.codes[-tail:], transcript)
 
-    def result(self, template: "GenerationResult") -> "GenerationResult":
+    def result(self, template: GenerationResult) -> GenerationResult:
         """The whole script's result: the chunks' codes joined, ``chunks`` saying where each lies."""
         codes = np.concatenate(self.codes) if self.codes else template.codes[:0]
         return replace(template, codes=codes, ended_by_eos=self.info[-1].ended_by_eos, seed=self.seed,
@@ -282,5 +267,5 @@ class LongForm:
                        chunks=list(self.info), end_tag_applied=self.end_tag_applied)
 
 
-__all__ = ["ChunkInfo", "LongForm", "ChunkId", "split_script", "parse_turns", "expected_seconds", "end_tag",
+__all__ = ["LongForm", "ChunkId", "split_script", "parse_turns", "expected_seconds", "end_tag",
            "with_end_tag", "choose_tail", "SPEECH_BYTES_PER_S"]

@@ -22,15 +22,17 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from .devices import resolve_dtype
+from ..errors import CodecLoadError
+from ..hub import CODEC_CONFIG_FILE, CODEC_REPO, CODEC_WEIGHTS_FILE, download_command
+from ..nn.devices import resolve_dtype
 
 if TYPE_CHECKING:
     from transformers import DacConfig, DacModel
 
-DEFAULT_REPO = "descript/dac_44khz"
+DEFAULT_REPO = CODEC_REPO
 ORIGINAL_WEIGHTS_NAME = "weights_44khz_8kbps_0.0.1.pth"
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = CODEC_CONFIG_FILE
+WEIGHTS_NAME = CODEC_WEIGHTS_FILE
 GPU_BATCH_FRAMES = 4096  # default cap per forward off CPU: ~5 GB of float32 activations
 # Longer items (a long-form script: 30 min is ~155k frames) are decoded in overlapping windows of
 # this many frames; whole, the last layers alone would need ~20 GB of activations.
@@ -46,10 +48,6 @@ _LATENT_CONV_REACH = {"encoder": 1, "decoder": 3}  # kernel 3 / kernel 7 at the 
 _RESIDUAL_LAYERS = ("snake1", "conv1", "snake2", "conv2")
 
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-
-
-class CodecLoadError(RuntimeError):
-    """The codec weights could not be found, downloaded or understood."""
 
 
 class DacCodec:
@@ -396,8 +394,6 @@ def _context_frames(config: DacConfig, side: str) -> int:
 def _download(repo_id: str, revision: str | None) -> tuple[Path, Path]:
     """Fetch only the config and the safetensors weights (not the whole repo)."""
     from huggingface_hub import hf_hub_download
-
-    from .checkpoint import download_command
 
     try:
         config_file = hf_hub_download(repo_id, CONFIG_NAME, revision=revision)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .config import DiaConfig
+from ..config import DiaConfig
 
 LAYOUTS = ("native", "hf")
 

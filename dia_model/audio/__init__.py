@@ -1,0 +1,1 @@
+"""Audio: the DAC codec (waveforms <-> codes; imports transformers lazily) and audio files."""
