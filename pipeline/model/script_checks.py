@@ -11,7 +11,7 @@ from dia_model import DiaError, validate_script
 from dia_model.longform import END_TAG_BYTES, MAX_TAIL_S, expected_seconds, split_script
 from dia_model.text import DEFAULT_MAX_BYTES, encode_script
 
-from .config import EndTagMode, GenerationConfig, LongFormMode
+from ..config import EndTagMode, GenerationConfig, LongFormMode
 
 WINDOW_S = 35.0  # one generation: 3,072 frames at 44,100/512 frames/s, less the delay pattern
 CHUNK_WINDOW_S = WINDOW_S - MAX_TAIL_S  # what a chunk may need after the longest carried-over tail

@@ -21,11 +21,11 @@ from typing import TYPE_CHECKING, Any, Iterable, Optional
 import numpy as np
 import pyarrow as pa
 
-from .storage import Storage
+from ..storage import Storage
 
 if TYPE_CHECKING:
-    from .plan import JobPlan, ShardIndex
-    from .rows import RowSpec
+    from ..planning.scan import JobPlan, ShardIndex
+    from ..planning.rows import RowSpec
 
 STATUS_OK = "ok"
 STATUS_ERROR = "error"

@@ -20,11 +20,11 @@ import pyarrow as pa
 import pyarrow.compute  # noqa: F401  (pa.compute)
 import pyarrow.parquet as pq
 
-from .config import JobConfig
-from .errors import PipelineError
+from ..config import JobConfig
+from ..errors import PipelineError
 from .ids import StemAllocator
 from .inputs import Shard, check_schemas, resolve_inputs
-from .metadata import OWN_COLUMNS
+from ..records.store import OWN_COLUMNS
 from .rows import MISSING_TEXT, OVERRIDES, PROMPT_COLUMNS, RowSpec, make_row, parse_cells, parse_number
 from .sweep import sweep_points
 from .voices import VOICE_COLUMNS
@@ -305,7 +305,7 @@ class ShardPlanner:
 
     def row(self, position: int) -> RowSpec:
         """The RowSpec at ``position`` (row ``position // points`` at sweep point ``position % points``)."""
-        from .scripts import is_long
+        from ..model.script_checks import is_long
 
         i, p = divmod(position, len(self.points))
         row_id = self.ids[i]
@@ -370,7 +370,7 @@ class JobContext:
 
     def planner(self, shard_name: str) -> ShardPlanner:
         """A planner for one shard of the job (reads the shard)."""
-        from .scripts import script_checker
+        from ..model.script_checks import script_checker
         from .voices import voice_problems
 
         shard, size = self.shards[shard_name]
