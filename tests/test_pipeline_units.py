@@ -514,7 +514,7 @@ def test_default_job_folders_are_siblings_with_bounded_names():
 
 
 def test_errors_are_grouped_by_reason_with_example_ids():
-    from pipeline.driver.progress import format_errors, group_errors
+    from pipeline.records.error_groups import format_errors, group_errors
 
     groups = group_errors([("a", "audio_prompt file not found: /data/a.wav"), ("b", "text is empty"),
                            ("c", "audio_prompt file not found: /data/c.wav"),
@@ -640,3 +640,18 @@ def test_a_call_to_a_replica_takes_queued_units_up_to_its_slots_and_never_a_lone
     assert queue.take(replica_idle=False, rows=100) is None  # a busy replica gets nothing while it waits
     assert queue.take(replica_idle=True, rows=100).keys == ["k3"]
     assert call_rows(slots=128, unit_rows=16) == 128 and call_rows(slots=8, unit_rows=16) == 16
+
+
+def test_dia_and_the_null_model_meet_the_model_protocol():
+    """Replicas and apps use a model only through ``SpeechModel``: Dia and the null model both have all of it."""
+    from dia_model import Dia
+    from pipeline.model.null_model import NullModel
+    from pipeline.model.protocol import SpeechModel
+
+    null = NullModel()
+    assert isinstance(null, SpeechModel)
+    for name in ("sample_rate", "frame_rate", "max_frames", "max_new_frames_limit", "encode_audio", "decode_audio",
+                 "stream", "generate"):
+        assert callable(getattr(Dia, name)) or isinstance(getattr(Dia, name), property), name
+    [res] = null.generate("[S1] Hi.", seed=7, max_new_frames=10)
+    assert res.seed == 7 and res.frames == 8 and len(null.decode_audio([res.codes])[0]) == len(res.audio)

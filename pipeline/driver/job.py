@@ -20,7 +20,8 @@ from ..model.hub_check import check_model_sources
 from ..records.store import STATUS_ERROR, STATUS_OK, MetadataStore, error_record
 from ..planning.scan import JobContext, JobPlan, ShardPlanner, index_shard, scan_plan
 from ..quality.gates import check_settings as check_quality_settings, gates_on
-from .progress import Progress, format_summary, group_errors
+from ..records.error_groups import group_errors
+from .progress import Progress, format_summary
 from ..replica.actor import BatchResult, Replica, ReplicaSettings
 from ..records.resume import JOB_JSON, check_fingerprint, clear_outputs, fingerprint, read_job_json, select_rows
 from .scheduler import Scheduler

@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 
 from ..htmlsafe import fill, script_json
 from .store import STATUS_ERROR, STATUS_OK, STATUS_REJECTED
-from ..driver.progress import group_errors
+from .error_groups import group_errors
 from ..storage import Storage
 
 REPORT = "report.html"

@@ -318,7 +318,7 @@ class Replica:
 
         The rows the engine is about to seat (as many as it has free slots) are written to the
         ledger in one call, and the write is waited for before the first of them starts."""
-        from dia_model import Request
+        from ..model.protocol import Request  # deferred: dia_model loads torch
 
         staged = self._staged
         while True:
@@ -353,7 +353,7 @@ class Replica:
         """Called on the engine thread as a row takes a slot (a hook for fault-injection tests)."""
 
     def _engine(self) -> None:
-        from dia_model import StreamStats
+        from ..model.protocol import StreamStats  # deferred: dia_model loads torch
 
         while True:
             stats = self._stats = StreamStats()
