@@ -20,7 +20,8 @@ from pipeline.config import to_job_config
 from pipeline.errors import InputError, PipelineError
 from pipeline.planning.ids import MAX_STEM, StemAllocator, safe_stem
 from pipeline.planning.inputs import check_schemas, resolve_inputs
-from pipeline.records.store import STATUS_ERROR, STATUS_OK, MetadataStore, base_record, error_record
+from pipeline.records.schema import STATUS_ERROR, STATUS_OK, base_record, error_record
+from pipeline.records.store import MetadataStore
 from pipeline.planning.scan import build_plan
 from pipeline.records.resume import check_fingerprint, fingerprint, select_rows
 from pipeline.planning.rows import derive_seed, parse_number

@@ -17,7 +17,8 @@ from .cluster import connect, plan_replicas
 from ..config import EndTagMode, JobConfig, to_job_config, to_plain
 from ..errors import PipelineError
 from ..model.hub_check import check_model_sources
-from ..records.store import STATUS_ERROR, STATUS_OK, MetadataStore, error_record
+from ..records.schema import STATUS_ERROR, STATUS_OK, error_record
+from ..records.store import MetadataStore
 from ..planning.scan import JobContext, JobPlan, ShardPlanner, index_shard, scan_plan
 from ..quality.gates import check_settings as check_quality_settings, gates_on
 from ..records.error_groups import group_errors

@@ -24,7 +24,7 @@ from ..config import JobConfig
 from ..errors import PipelineError
 from .ids import StemAllocator
 from .inputs import Shard, check_schemas, resolve_inputs
-from ..records.store import OWN_COLUMNS
+from ..records.schema import OWN_COLUMNS
 from .rows import MISSING_TEXT, OVERRIDES, PROMPT_COLUMNS, RowSpec, make_row, parse_cells, parse_number
 from .sweep import sweep_points
 from .voices import VOICE_COLUMNS

@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..htmlsafe import fill, script_json
-from .store import STATUS_ERROR, STATUS_OK, STATUS_REJECTED
+from .schema import STATUS_ERROR, STATUS_OK, STATUS_REJECTED
 from .error_groups import group_errors
 from ..storage import Storage
 

@@ -6,7 +6,8 @@ from typing import Any, Optional
 
 from ..config import TINY_RANDOM, JobConfig, to_plain
 from ..errors import PipelineError
-from .store import STATUS_ERROR, STATUS_OK, STATUS_REJECTED, Existing
+from .schema import STATUS_ERROR, STATUS_OK, STATUS_REJECTED
+from .store import Existing
 from ..storage import Storage
 
 JOB_JSON = "job.json"

@@ -29,7 +29,7 @@ from typing import Any, Iterator, Optional
 
 from .. import audio as audio_io
 from ..config import TINY_RANDOM, ModelConfig, QualityConfig
-from ..records.store import STATUS_OK, outcome_record, records_table
+from ..records.schema import STATUS_OK, outcome_record, records_table
 from ..planning.rows import RowSpec
 from ..storage import Storage, job_wide
 from ..planning.voices import VoiceBook
