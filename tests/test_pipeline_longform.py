@@ -88,7 +88,7 @@ def test_long_rows_voices_and_end_tag_in_one_job(ray_local, pipeline_cfg, pipeli
 def test_long_form_off_and_the_length_cap_are_row_errors_at_planning(pipeline_cfg, pipeline_parquet):
     """Both are decided while planning, before any replica: no Ray needed."""
     from pipeline.config import to_job_config
-    from pipeline.planning.scan import build_plan
+    from pipeline.planning.planner import build_plan
     from pipeline.model.script_checks import script_checker
 
     data = pipeline_parquet([{"id": "long", "text": long_script()}, {"id": "ok", "text": "[S1] Fine. [S2] Good."}])

@@ -22,7 +22,7 @@ from pipeline.planning.ids import MAX_STEM, StemAllocator, safe_stem
 from pipeline.planning.inputs import check_schemas, resolve_inputs
 from pipeline.records.schema import STATUS_ERROR, STATUS_OK, base_record, error_record
 from pipeline.records.store import MetadataStore
-from pipeline.planning.scan import build_plan
+from pipeline.planning.planner import build_plan
 from pipeline.records.resume import check_fingerprint, fingerprint, select_rows
 from pipeline.planning.rows import derive_seed, parse_number
 from pipeline.planning.sweep import sweep_points
@@ -600,7 +600,8 @@ def test_the_driver_index_and_a_replica_planning_a_slice_agree_with_the_whole_pl
     """The driver keeps only keys (``index_shard``); a replica plans the positions it is sent
     (``JobContext.planner``). Both must name every row as planning the whole shard does: same keys
     (duplicate ids, sweep points), same RowSpecs, same file names, and the longest script first."""
-    from pipeline.planning.scan import JobContext, index_shard, scan_plan
+    from pipeline.planning.planner import JobContext
+    from pipeline.planning.scan import index_shard, scan_plan
     from pipeline.model.script_checks import script_checker
 
     data = tmp_path / "data"

@@ -19,7 +19,8 @@ from ..errors import PipelineError
 from ..model.hub_check import check_model_sources
 from ..records.schema import STATUS_ERROR, STATUS_OK, error_record
 from ..records.store import MetadataStore
-from ..planning.scan import JobContext, JobPlan, ShardPlanner, index_shard, scan_plan
+from ..planning.planner import JobContext, ShardPlanner
+from ..planning.scan import JobPlan, index_shard, scan_plan
 from ..quality.gates import check_settings as check_quality_settings, gates_on
 from ..records.error_groups import group_errors
 from .progress import Progress, format_summary

@@ -1,7 +1,7 @@
 """A replica: one Ray actor holding one model, keeping its continuous-batching engine full.
 
 Units of rows arrive from the driver (``run_unit``, several at once) as (key, shard, position)
-triples: the replica plans those rows itself from the job's shards (``plan.ShardPlanner``: cells
+triples: the replica plans those rows itself from the job's shards (``planning.planner.ShardPlanner``: cells
 parsed and checked, voices and prompt files resolved), so the driver never touches a cell. They go
 into a local queue. One engine thread runs ``Dia.stream()`` for the life of the replica, pulling the next queued row
 whenever a slot frees up (a ``None`` when the queue is momentarily empty keeps the other slots
@@ -59,7 +59,7 @@ class ReplicaSettings:
     tail_seconds: float = 6.0
     end_tag: bool = False  # append the second-to-last speaker's tag (the seed's cut-off remedy)
     quality: Optional[QualityConfig] = None  # metrics and gates (None: neither)
-    job: Any = None  # plan.JobContext: how to plan any row of the job (None: outside a job)
+    job: Any = None  # planning.planner.JobContext: how to plan any row of the job (None: outside a job)
     prompt_timeout_s: float = 60.0  # data.prompt_timeout_s
     prompt_max_bytes: int = 64 << 20  # data.prompt_max_mb
 
@@ -226,7 +226,7 @@ class Replica:
         from ..planning.prompts import PromptReader
 
         self._prompt_files = PromptReader(timeout_s=settings.prompt_timeout_s, max_bytes=settings.prompt_max_bytes)
-        self._planners: "OrderedDict[str, Any]" = OrderedDict()  # shard -> plan.ShardPlanner, newest last
+        self._planners: "OrderedDict[str, Any]" = OrderedDict()  # shard -> planning.planner.ShardPlanner, newest last
         self._planner_lock = threading.Lock()
         self._voices = VoiceBook(lambda clip: self.model.encode_audio([clip])[0], settings.voices)
         self._embeddings: dict[int, Any] = {}  # id(prompt codes) -> (codes, speaker embedding)
