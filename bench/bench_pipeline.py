@@ -162,7 +162,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp:
         cache = Path(tmp) / "cache"
         sys.path.insert(0, str(REPO))
-        from pipeline.model_loader import ensure_tiny_checkpoint
+        from pipeline.model.loader import ensure_tiny_checkpoint
 
         ensure_tiny_checkpoint(str(cache), 0)
         data = scaled_example(args.scale, Path(tmp)) if args.scale > 1 else None

@@ -178,7 +178,7 @@ def run(rows: int, replica_kill_count: int, driver_kill_count: int, workdir: Pat
 
     cache = cache or workdir / "cache"
     sys.path.insert(0, str(REPO))
-    from pipeline.model_loader import ensure_tiny_checkpoint
+    from pipeline.model.loader import ensure_tiny_checkpoint
 
     ensure_tiny_checkpoint(str(cache), 0)
     data = workdir / "data" / "rows.parquet"

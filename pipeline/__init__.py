@@ -13,6 +13,6 @@ __all__ = ["JobConfig", "InputError", "PipelineError", "run_job"]
 
 def run_job(cfg, **kwargs):  # imported lazily: keeps `import pipeline` light (no Ray, no torch)
     """Run or resume one job and return its summary; see :func:`pipeline.job.run_job`."""
-    from .job import run_job as _run_job
+    from .driver.job import run_job as _run_job
 
     return _run_job(cfg, **kwargs)

@@ -10,7 +10,7 @@ from typing import Callable
 TMP_MARK = ".tmp-"
 
 
-def _tmp_name(path: Path) -> Path:
+def temporary_name(path: Path) -> Path:
     """A hidden name beside ``path``; a long name is replaced by its hash so the temporary name fits
     the file system's limit whenever the final one does."""
     name = path.name if len(path.name.encode()) <= 200 else hashlib.sha256(path.name.encode()).hexdigest()[:16]
@@ -20,7 +20,7 @@ def _tmp_name(path: Path) -> Path:
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     """Call ``write(tmp)`` to fill a temporary file beside ``path``, then rename it into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_name(path)
+    tmp = temporary_name(path)
     try:
         write(tmp)
         os.replace(tmp, path)

@@ -9,7 +9,7 @@ import itertools
 import numpy as np
 import pytest
 
-from pipeline.align import AlignmentError, CtcAligner, Turn, Vocabulary, ctc_align, script_turns, timed_turns
+from pipeline.quality.align import AlignmentError, CtcAligner, Turn, Vocabulary, ctc_align, script_turns, timed_turns
 
 BLANK = 0
 

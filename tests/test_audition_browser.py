@@ -12,10 +12,10 @@ import time
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.audition import Audition, serve
+from pipeline.apps.audition import Audition, serve
 from pipeline.config import EXAMPLES_DIR, ModelConfig
-from pipeline.model_loader import load_model
-from pipeline.say import voice_library
+from pipeline.model.loader import load_model
+from pipeline.apps.say import voice_library
 
 
 @pytest.fixture

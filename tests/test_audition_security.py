@@ -13,10 +13,10 @@ from typing import Any, Optional
 
 import pytest
 
-from pipeline.audition import Audition, Limits, main
-from pipeline.audition_server import TOKEN_HEADER, AuditionServer, ServerError, serve
+from pipeline.apps.audition import Audition, Limits, main
+from pipeline.apps.audition_server import TOKEN_HEADER, AuditionServer, ServerError, serve
 from pipeline.config import EXAMPLES_DIR, ModelConfig
-from pipeline.model_loader import load_model
+from pipeline.model.loader import load_model
 
 CLIP = (EXAMPLES_DIR / "prompt.flac").read_bytes()
 

@@ -22,7 +22,7 @@ import soundfile as sf
 from pipeline import run_job
 from pipeline.config import EXAMPLES_DIR
 from pipeline.errors import InputError, PipelineError
-from pipeline.replica import Replica
+from pipeline.replica.actor import Replica
 
 REPO = Path(__file__).resolve().parents[1]
 SHORT = ["generation.max_new_frames=40", "generation.batch_size=2", "cluster.unit_rows=3"]
@@ -460,7 +460,7 @@ def test_shards_are_planned_as_the_queue_needs_them(ray_local, pipeline_cfg, pip
     """The driver holds the rows of the shards in flight, not the job's: with a small queue, each shard
     is planned when the queue runs low and released once its rows are recorded. An id used in two
     shards still gets one key per row, and a resume skips everything."""
-    import pipeline.job as job_module
+    import pipeline.driver.job as job_module
 
     loaded_at_plan = []
     real = job_module.index_shard

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from pipeline import run_job
-from pipeline.replica import Replica
+from pipeline.replica.actor import Replica
 
 from test_pipeline import assert_audio_matches, metadata_rows, scripts
 

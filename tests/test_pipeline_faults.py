@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline import run_job
-from pipeline.replica import Replica
+from pipeline.replica.actor import Replica
 
 from test_pipeline import assert_audio_matches, metadata_rows
 

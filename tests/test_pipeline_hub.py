@@ -22,7 +22,7 @@ import pytest
 
 from pipeline.config import TINY_RANDOM, ModelConfig
 from pipeline.errors import PipelineError
-from pipeline.hub_check import check_model_sources, hub_sources, missing_sources
+from pipeline.model.hub_check import check_model_sources, hub_sources, missing_sources
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL, CODEC = "nari-labs/Dia-1.6B-0626", "descript/dac_44khz"
@@ -205,7 +205,7 @@ def test_local_folders_and_tiny_random_are_not_checked(hub_env, tmp_path):
 
 # --------------------------------------------------------------------------- replicas and dia_model
 def test_replica_without_the_hub_gets_the_pipeline_advice(hub_env):
-    from pipeline.model_loader import load_model
+    from pipeline.model.loader import load_model
 
     with pytest.raises(PipelineError) as info:
         load_model(ModelConfig(), has_gpu=False)
@@ -219,7 +219,7 @@ def test_replica_missing_only_the_codec_is_told_about_the_codec(hub_env, tmp_pat
     from dia_model import CodecLoadError
     from dia_model.audio.codec import DacCodec
 
-    from pipeline.hub_check import replica_hub_error
+    from pipeline.model.hub_check import replica_hub_error
 
     folder = tmp_path / "model"
     folder.mkdir()

@@ -12,7 +12,7 @@ import soundfile as sf
 
 from pipeline import run_job
 from pipeline.config import EXAMPLES_DIR, ModelConfig
-from pipeline.replica import Replica, ReplicaSettings
+from pipeline.replica.actor import Replica, ReplicaSettings
 
 SHORT = ["generation.batch_size=4", "cluster.unit_rows=2", "generation.tail_seconds=0.2"]
 
@@ -88,8 +88,8 @@ def test_long_rows_voices_and_end_tag_in_one_job(ray_local, pipeline_cfg, pipeli
 def test_long_form_off_and_the_length_cap_are_row_errors_at_planning(pipeline_cfg, pipeline_parquet):
     """Both are decided while planning, before any replica: no Ray needed."""
     from pipeline.config import to_job_config
-    from pipeline.plan import build_plan
-    from pipeline.scripts import script_checker
+    from pipeline.planning.planner import build_plan
+    from pipeline.model.script_checks import script_checker
 
     data = pipeline_parquet([{"id": "long", "text": long_script()}, {"id": "ok", "text": "[S1] Fine. [S2] Good."}])
 
@@ -143,7 +143,7 @@ def to_job_config_model(cache_dir: Path) -> ModelConfig:
 
 def test_a_voice_clip_over_ten_seconds_is_read_with_a_warning(tmp_path, caplog):
     from pipeline.config import VoiceConfig
-    from pipeline.voices import load_voices
+    from pipeline.planning.voices import load_voices
 
     sf.write(tmp_path / "long.wav", np.zeros(44100 * 12, dtype=np.float32), 44100)
     sf.write(tmp_path / "ok.wav", np.zeros(44100 * 6, dtype=np.float32), 44100)

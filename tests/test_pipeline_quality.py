@@ -7,7 +7,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from pipeline import run_job
-from pipeline.quality import retry_seed
+from pipeline.quality.gates import retry_seed
 
 SHORT = ["generation.batch_size=4", "cluster.unit_rows=2", "generation.max_new_frames=40"]
 

@@ -18,8 +18,8 @@ import pytest
 import soundfile as sf
 
 from pipeline.errors import PipelineError
-from pipeline.job import run_job
-from pipeline.replica import Replica
+from pipeline.driver.job import run_job
+from pipeline.replica.actor import Replica
 
 from test_pipeline import scripts
 

@@ -18,14 +18,15 @@ from pipeline.storage import Storage
 from pipeline.audio import FORMATS, encode
 from pipeline.config import to_job_config
 from pipeline.errors import InputError, PipelineError
-from pipeline.ids import MAX_STEM, StemAllocator, safe_stem
-from pipeline.inputs import check_schemas, resolve_inputs
-from pipeline.metadata import STATUS_ERROR, STATUS_OK, MetadataStore, base_record, error_record
-from pipeline.plan import build_plan
-from pipeline.resume import check_fingerprint, fingerprint, select_rows
-from pipeline.rows import derive_seed, parse_number
-from pipeline.sweep import sweep_points
-from pipeline.workqueue import WorkQueue
+from pipeline.planning.ids import MAX_STEM, StemAllocator, safe_stem
+from pipeline.planning.inputs import check_schemas, resolve_inputs
+from pipeline.records.schema import STATUS_ERROR, STATUS_OK, base_record, error_record
+from pipeline.records.store import MetadataStore
+from pipeline.planning.planner import build_plan
+from pipeline.records.resume import check_fingerprint, fingerprint, select_rows
+from pipeline.planning.rows import derive_seed, parse_number
+from pipeline.planning.sweep import sweep_points
+from pipeline.driver.workqueue import WorkQueue
 
 SAFE = re.compile(r"^[A-Za-z0-9_=+-][A-Za-z0-9._=+-]*$")
 
@@ -514,7 +515,7 @@ def test_default_job_folders_are_siblings_with_bounded_names():
 
 
 def test_errors_are_grouped_by_reason_with_example_ids():
-    from pipeline.progress import format_errors, group_errors
+    from pipeline.records.error_groups import format_errors, group_errors
 
     groups = group_errors([("a", "audio_prompt file not found: /data/a.wav"), ("b", "text is empty"),
                            ("c", "audio_prompt file not found: /data/c.wav"),
@@ -527,7 +528,7 @@ def test_errors_are_grouped_by_reason_with_example_ids():
 
 
 def test_summary_of_a_run_that_did_nothing_has_no_none():
-    from pipeline.progress import format_summary
+    from pipeline.driver.progress import format_summary
 
     run = {"rows_done": 0, "ok": 0, "error": 0, "skipped": 20, "wall_s": 3.0, "rows_per_s": 0.0,
            "audio_s_per_wall_s": 0.0, "wall_s_per_audio_s": None, "time_to_first_row_s": None}
@@ -540,7 +541,7 @@ def test_prompt_files_that_are_not_regular_too_large_or_endless_are_refused(tmp_
     import os
     import time
 
-    from pipeline.prompts import PromptReader, read_prompt
+    from pipeline.planning.prompts import PromptReader, read_prompt
 
     fifo = tmp_path / "voice.wav"
     os.mkfifo(fifo)  # opening it would block forever: it must be refused without opening
@@ -599,8 +600,9 @@ def test_the_driver_index_and_a_replica_planning_a_slice_agree_with_the_whole_pl
     """The driver keeps only keys (``index_shard``); a replica plans the positions it is sent
     (``JobContext.planner``). Both must name every row as planning the whole shard does: same keys
     (duplicate ids, sweep points), same RowSpecs, same file names, and the longest script first."""
-    from pipeline.plan import JobContext, index_shard, scan_plan
-    from pipeline.scripts import script_checker
+    from pipeline.planning.planner import JobContext
+    from pipeline.planning.scan import index_shard, scan_plan
+    from pipeline.model.script_checks import script_checker
 
     data = tmp_path / "data"
     data.mkdir()
@@ -630,7 +632,7 @@ def test_the_driver_index_and_a_replica_planning_a_slice_agree_with_the_whole_pl
 
 
 def test_a_call_to_a_replica_takes_queued_units_up_to_its_slots_and_never_a_lone_retry():
-    from pipeline.scheduler import call_rows
+    from pipeline.driver.scheduler import call_rows
 
     queue = WorkQueue([f"k{i}" for i in range(40)], unit_rows=16, max_attempts=2)
     first = queue.take(replica_idle=True, rows=10)
@@ -640,3 +642,18 @@ def test_a_call_to_a_replica_takes_queued_units_up_to_its_slots_and_never_a_lone
     assert queue.take(replica_idle=False, rows=100) is None  # a busy replica gets nothing while it waits
     assert queue.take(replica_idle=True, rows=100).keys == ["k3"]
     assert call_rows(slots=128, unit_rows=16) == 128 and call_rows(slots=8, unit_rows=16) == 16
+
+
+def test_dia_and_the_null_model_meet_the_model_protocol():
+    """Replicas and apps use a model only through ``SpeechModel``: Dia and the null model both have all of it."""
+    from dia_model import Dia
+    from pipeline.model.null_model import NullModel
+    from pipeline.model.protocol import SpeechModel
+
+    null = NullModel()
+    assert isinstance(null, SpeechModel)
+    for name in ("sample_rate", "frame_rate", "max_frames", "max_new_frames_limit", "encode_audio", "decode_audio",
+                 "stream", "generate"):
+        assert callable(getattr(Dia, name)) or isinstance(getattr(Dia, name), property), name
+    [res] = null.generate("[S1] Hi.", seed=7, max_new_frames=10)
+    assert res.seed == 7 and res.frames == 8 and len(null.decode_audio([res.codes])[0]) == len(res.audio)

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from pipeline.config import QualityConfig
-from pipeline.metrics import clipping_ratio, loudness_lufs, row_metrics, silences, spoken_words
-from pipeline.quality import check, check_settings, retry_seed, score
+from pipeline.quality.metrics import clipping_ratio, loudness_lufs, row_metrics, silences, spoken_words
+from pipeline.quality.gates import check, check_settings, retry_seed, score
 
 SR = 44100
 
@@ -80,7 +80,7 @@ def test_retry_seeds_are_derived_and_settings_are_checked():
 
 # -- model-based metrics ------------------------------------------------------------------------------
 def test_error_rates_count_spoken_words_only():
-    from pipeline.judges import error_rates
+    from pipeline.quality.judges import error_rates
 
     cer, wer = error_rates("[S1] Hello there (laughs) friend.", "hello their friend")
     assert wer == pytest.approx(1 / 3) and cer == pytest.approx(2 / 18)  # "there" -> "their": 2 letters
@@ -90,7 +90,7 @@ def test_error_rates_count_spoken_words_only():
 
 def test_judges_load_from_folders_and_say_how_to_fetch_a_missing_one(tmp_path, monkeypatch):
     from pipeline.errors import PipelineError
-    from pipeline.judges import AsrJudge, SpeakerJudge
+    from pipeline.quality.judges import AsrJudge, SpeakerJudge
     from tiny_judges import tiny_asr, tiny_speaker
 
     asr = AsrJudge(str(tiny_asr(tmp_path / "asr")))

@@ -8,7 +8,7 @@ import time
 import pyarrow.parquet as pq
 
 from pipeline import run_job
-from pipeline.report import build_report
+from pipeline.records.report import build_report
 
 
 def visible_ids(browser) -> list[str]:

@@ -20,7 +20,7 @@ def say(pipeline_cache_dir, tmp_path, monkeypatch, capsys):
     """Run dia-say's main() in this process (as the console script does), from tmp_path."""
     import io
 
-    from pipeline.say import main
+    from pipeline.apps.say import main
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Iterator, Optional
 
-from ..files import TMP_MARK, _tmp_name
+from ..files import TMP_MARK, temporary_name
 from ..storage import Storage
 
 SPOOL_BYTES = 32 << 20
@@ -79,7 +79,7 @@ class Destination:
         if self.local:
             target = Path(full)
             target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = _tmp_name(target)
+            tmp = temporary_name(target)
             try:
                 with open(tmp, "xb") as f:
                     yield f

@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ..align import Turn, script_turns, speaker_id
+from ..quality.align import Turn, script_turns, speaker_id
 from ..storage import Storage
 
 BATCH_ROWS = 512

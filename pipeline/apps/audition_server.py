@@ -36,7 +36,7 @@ from typing import Any, Iterable, Optional
 from urllib.parse import parse_qs, urlsplit
 
 from .audition_page import NON_VERBALS, PAGE
-from .htmlsafe import fill, script_json
+from ..htmlsafe import fill, script_json
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
-from .config import VoiceConfig
+from ..config import VoiceConfig
 from .prompts import read_prompt
 
 log = logging.getLogger(__name__)

@@ -12,20 +12,23 @@ from typing import Any, Optional
 
 import numpy as np
 
-from . import audio as audio_io
+from .. import audio as audio_io
 from .cluster import connect, plan_replicas
-from .config import EndTagMode, JobConfig, to_job_config, to_plain
-from .errors import PipelineError
-from .hub_check import check_model_sources
-from .metadata import STATUS_ERROR, STATUS_OK, MetadataStore, error_record
-from .plan import JobContext, JobPlan, ShardPlanner, index_shard, scan_plan
-from .quality import check_settings as check_quality_settings, gates_on
-from .progress import Progress, format_summary, group_errors
-from .replica import BatchResult, Replica, ReplicaSettings
-from .resume import JOB_JSON, check_fingerprint, clear_outputs, fingerprint, read_job_json, select_rows
+from ..config import EndTagMode, JobConfig, to_job_config, to_plain
+from ..errors import PipelineError
+from ..model.hub_check import check_model_sources
+from ..records.schema import STATUS_ERROR, STATUS_OK, error_record
+from ..records.store import MetadataStore
+from ..planning.planner import JobContext, ShardPlanner
+from ..planning.scan import JobPlan, index_shard, scan_plan
+from ..quality.gates import check_settings as check_quality_settings, gates_on
+from ..records.error_groups import group_errors
+from .progress import Progress, format_summary
+from ..replica.actor import BatchResult, Replica, ReplicaSettings
+from ..records.resume import JOB_JSON, check_fingerprint, clear_outputs, fingerprint, read_job_json, select_rows
 from .scheduler import Scheduler
-from .storage import Storage, is_uri
-from .voices import VoiceClip, load_voices
+from ..storage import Storage, is_uri
+from ..planning.voices import VoiceClip, load_voices
 from .workqueue import WorkQueue
 
 log = logging.getLogger("pipeline")
@@ -190,7 +193,7 @@ class _Job:
         except ValueError as e:
             raise PipelineError(f"output.subtype: {e}") from e
         check_model_sources(cfg.model, cfg.quality)  # before any folder is made or replica started
-        from .scripts import check_long_form_settings
+        from ..model.script_checks import check_long_form_settings
 
         problem = check_long_form_settings(cfg.generation) or check_quality_settings(cfg.quality)
         if problem:
@@ -351,7 +354,7 @@ def run_job(cfg: Any, *, replica_cls: type = Replica) -> dict[str, Any]:
         summary = job.summary(time.time()) if status == "completed" else None
         job.write_job_json(status, summary, error)
     if job.cfg.output.report:
-        from .report import build_report
+        from ..records.report import build_report
 
         try:
             log.info("report: %s", build_report(str(job.storage)))

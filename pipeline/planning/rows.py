@@ -8,7 +8,7 @@ from decimal import Decimal, InvalidOperation
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
-from .config import GenerationConfig
+from ..config import GenerationConfig
 from .inputs import is_uri
 
 MAX_SEED = 2**63 - 1

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from .config import TINY_RANDOM, ModelConfig
-from .errors import PipelineError
+from ..config import TINY_RANDOM, ModelConfig
+from ..errors import PipelineError
 
 PROBE_TIMEOUT_S = 4.0  # one request to the Hub endpoint, no retries
 _OFFLINE_REASON = "HF_HUB_OFFLINE is set, so huggingface_hub does not contact the Hub"

@@ -14,7 +14,7 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from .config import QualityConfig
+from ..config import QualityConfig
 
 
 @dataclass(frozen=True)

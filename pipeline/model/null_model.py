@@ -13,6 +13,8 @@ FRAMES = 8  # 8 frames = 4,096 samples = 93 ms of audio per row
 
 
 class NullModel:
+    """Meets ``pipeline.model.protocol.SpeechModel``."""
+
     sample_rate = 44100
     frame_rate = 44100 / 512
     max_frames = 3072
@@ -28,9 +30,21 @@ class NullModel:
     def encode_audio(self, sources: Iterable[Any]) -> list[np.ndarray]:
         return [np.zeros((4, 9), dtype=np.int64) for _ in sources]
 
+    def decode_audio(self, codes: Iterable[Any]) -> list[np.ndarray]:
+        return [self._wave for _ in codes]
+
+    def generate(self, texts: Any, *, seed: Any = None, max_new_frames: Any = None, decode_audio: bool = True,
+                 **_: Any) -> list[Any]:
+        from dia_model import GenerationResult  # deferred: dia_model loads torch
+
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        return [GenerationResult(codes=self._codes, ended_by_eos=True, seed=seed, prompt_frames=0,
+                                 audio=self._wave if decode_audio else None,
+                                 settings={"max_new_frames": max_new_frames}) for _ in texts]
+
     def stream(self, requests: Iterable[Any], *, slots: int | None = None, decode_audio: bool = True,
                stats: Any = None, **_: Any) -> Iterator[Any]:
-        from dia_model import GenerationResult
+        from dia_model import GenerationResult  # deferred: dia_model loads torch
 
         if stats is not None:
             stats.slots = slots or 16

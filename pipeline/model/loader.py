@@ -7,7 +7,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
-from .config import TINY_RANDOM, ModelConfig
+from ..config import TINY_RANDOM, ModelConfig
 from .hub_check import replica_hub_error
 
 _DONE = ".complete"

@@ -5,7 +5,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from .config import ClusterConfig
+from ..config import ClusterConfig
 
 
 @dataclass

@@ -15,7 +15,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from .errors import PipelineError
+from ..errors import PipelineError
 from .metrics import spoken_words
 
 JUDGE_RATE = 16000  # both kinds of model read 16 kHz audio

@@ -4,10 +4,11 @@ from __future__ import annotations
 import json
 from typing import Any, Optional
 
-from .config import TINY_RANDOM, JobConfig, to_plain
-from .errors import PipelineError
-from .metadata import STATUS_ERROR, STATUS_OK, STATUS_REJECTED, Existing
-from .storage import Storage
+from ..config import TINY_RANDOM, JobConfig, to_plain
+from ..errors import PipelineError
+from .schema import STATUS_ERROR, STATUS_OK, STATUS_REJECTED
+from .store import Existing
+from ..storage import Storage
 
 JOB_JSON = "job.json"
 OUTPUT_ENTRIES = ("audio", "metadata", JOB_JSON)

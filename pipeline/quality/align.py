@@ -26,6 +26,8 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
+from ..errors import PipelineError
+
 _TAG = re.compile(r"\[S([12])\]")
 _NON_VERBAL = re.compile(r"\([^)]*\)")
 MAX_TRELLIS = 64 << 20  # frames x states of one alignment (its back-pointers take one byte each)
@@ -183,8 +185,6 @@ class CtcAligner:
     """A transformers CTC model (``AutoModelForCTC``) and its processor, used for forced alignment."""
 
     def __init__(self, source: str, device: str = "cpu") -> None:
-        from .errors import PipelineError
-
         try:
             from transformers import AutoModelForCTC, AutoProcessor
 

@@ -9,10 +9,10 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from .errors import InputError
+from ..errors import InputError
 from .ids import StemAllocator
-from .storage import filesystem_for as storage_filesystem
-from .storage import is_uri  # noqa: F401  (re-exported: callers ask inputs whether a spec is a URI)
+from ..storage import filesystem_for as storage_filesystem
+from ..storage import is_uri  # noqa: F401  (re-exported: callers ask inputs whether a spec is a URI)
 
 _GLOB_CHARS = "*?["
 PARQUET_SUFFIXES = (".parquet", ".pq", ".parq")

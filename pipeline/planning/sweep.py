@@ -5,8 +5,8 @@ import itertools
 from dataclasses import asdict
 from typing import Any, Optional
 
-from .config import SweepConfig
-from .errors import PipelineError
+from ..config import SweepConfig
+from ..errors import PipelineError
 from .rows import parse_number
 
 

@@ -21,10 +21,10 @@ from typing import Any, Callable, Optional
 import ray
 from ray.exceptions import ActorUnavailableError, RayTaskError
 
-from .config import ClusterConfig
-from .errors import PipelineError
+from ..config import ClusterConfig
+from ..errors import PipelineError
 from .ledger import start_ledger
-from .replica import BatchResult, ReplicaSettings
+from ..replica.actor import BatchResult, ReplicaSettings
 from .workqueue import Unit, WorkQueue
 
 log = logging.getLogger("pipeline")

@@ -1,7 +1,7 @@
 """A replica: one Ray actor holding one model, keeping its continuous-batching engine full.
 
 Units of rows arrive from the driver (``run_unit``, several at once) as (key, shard, position)
-triples: the replica plans those rows itself from the job's shards (``plan.ShardPlanner``: cells
+triples: the replica plans those rows itself from the job's shards (``planning.planner.ShardPlanner``: cells
 parsed and checked, voices and prompt files resolved), so the driver never touches a cell. They go
 into a local queue. One engine thread runs ``Dia.stream()`` for the life of the replica, pulling the next queued row
 whenever a slot frees up (a ``None`` when the queue is momentarily empty keeps the other slots
@@ -27,12 +27,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Optional
 
-from . import audio as audio_io
-from .config import TINY_RANDOM, ModelConfig, QualityConfig
-from .metadata import STATUS_OK, outcome_record, records_table
-from .rows import RowSpec
-from .storage import Storage, job_wide
-from .voices import VoiceBook
+from .. import audio as audio_io
+from ..config import TINY_RANDOM, ModelConfig, QualityConfig
+from ..records.schema import STATUS_OK, outcome_record, records_table
+from ..planning.rows import RowSpec
+from ..storage import Storage, job_wide
+from ..planning.voices import VoiceBook
 
 # Rows finishing within this long of the first of them travel to the driver together (at most
 # DELIVERY_ROWS): each delivery costs the driver a fixed ~0.3 ms, so a replica finishing 25 rows a
@@ -59,7 +59,7 @@ class ReplicaSettings:
     tail_seconds: float = 6.0
     end_tag: bool = False  # append the second-to-last speaker's tag (the seed's cut-off remedy)
     quality: Optional[QualityConfig] = None  # metrics and gates (None: neither)
-    job: Any = None  # plan.JobContext: how to plan any row of the job (None: outside a job)
+    job: Any = None  # planning.planner.JobContext: how to plan any row of the job (None: outside a job)
     prompt_timeout_s: float = 60.0  # data.prompt_timeout_s
     prompt_max_bytes: int = 64 << 20  # data.prompt_max_mb
 
@@ -168,7 +168,7 @@ class _Prepared:
 
     @property
     def seed(self) -> int:
-        from .quality import retry_seed
+        from ..quality.gates import retry_seed
 
         return retry_seed(self.row.seed, self.attempt)
 
@@ -190,14 +190,14 @@ class Replica:
                          "host": socket.gethostname(), "pid": os.getpid(), "device": ""}
         # torch creates its compile cache in $TMPDIR on first import; keep it with our other caches
         # (persistent, and nothing of the job is left in the temp folder)
-        from .model_loader import cache_root
+        from ..model.loader import cache_root
 
         os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_root(settings.model.cache_dir) / "torchinductor"))
         if not settings.has_gpu:
             import torch
 
             torch.set_num_threads(max(1, settings.torch_threads or 1))
-        from .model_loader import load_model
+        from ..model.loader import load_model
 
         # A failed load is reported by describe() instead of raised here: Ray aborts threaded actors
         # whose constructor raises, with a page of native stack traces.
@@ -208,7 +208,7 @@ class Replica:
             self.model = load_model(settings.model, settings.has_gpu)
             q = settings.quality
             if q is not None and (q.asr_model or q.speaker_model):
-                from .judges import AsrJudge, SpeakerJudge
+                from ..quality.judges import AsrJudge, SpeakerJudge
 
                 device = str(getattr(self.model, "device", "cpu"))
                 self._asr = AsrJudge(q.asr_model, device) if q.asr_model else None
@@ -223,10 +223,10 @@ class Replica:
             self.model_info["source"] = f"{TINY_RANDOM} (seed {settings.model.tiny_seed})"
         self.storage = Storage(settings.output) if settings.output else None
         self._prompts: dict[str, tuple[Any, int]] = {}
-        from .prompts import PromptReader
+        from ..planning.prompts import PromptReader
 
         self._prompt_files = PromptReader(timeout_s=settings.prompt_timeout_s, max_bytes=settings.prompt_max_bytes)
-        self._planners: "OrderedDict[str, Any]" = OrderedDict()  # shard -> plan.ShardPlanner, newest last
+        self._planners: "OrderedDict[str, Any]" = OrderedDict()  # shard -> planning.planner.ShardPlanner, newest last
         self._planner_lock = threading.Lock()
         self._voices = VoiceBook(lambda clip: self.model.encode_audio([clip])[0], settings.voices)
         self._embeddings: dict[int, Any] = {}  # id(prompt codes) -> (codes, speaker embedding)
@@ -318,7 +318,7 @@ class Replica:
 
         The rows the engine is about to seat (as many as it has free slots) are written to the
         ledger in one call, and the write is waited for before the first of them starts."""
-        from dia_model import Request
+        from ..model.protocol import Request  # deferred: dia_model loads torch
 
         staged = self._staged
         while True:
@@ -353,7 +353,7 @@ class Replica:
         """Called on the engine thread as a row takes a slot (a hook for fault-injection tests)."""
 
     def _engine(self) -> None:
-        from dia_model import StreamStats
+        from ..model.protocol import StreamStats  # deferred: dia_model loads torch
 
         while True:
             stats = self._stats = StreamStats()
@@ -416,14 +416,14 @@ class Replica:
     def _judge(self, p: _Prepared, res: Any) -> bool:
         """Measure this attempt and keep it if it is the best so far. True when the row failed a gate
         and has retries left: it is queued again (same key, next derived seed)."""
-        from .metrics import row_metrics
-        from .quality import check, score
+        from ..quality.metrics import row_metrics
+        from ..quality.gates import check, score
 
         q = self.settings.quality
         sr = self.model.sample_rate
         metrics = row_metrics(res.audio, sr, p.row.text or "")
         if self._asr is not None:
-            from .judges import clean_heard, error_rates
+            from ..quality.judges import clean_heard, error_rates
 
             heard = clean_heard(self._asr.transcribe(res.audio, sr))
             metrics["asr_text"] = heard

@@ -10,7 +10,7 @@ from typing import Callable, Optional
 from dia_model import (END_TAG_BYTES, MAX_TAIL_S, SCRIPT_MAX_BYTES, WINDOW_S, DiaError, ScriptProblem, encode_script,
                        expected_seconds, split_script, validate_script)
 
-from .config import EndTagMode, GenerationConfig, LongFormMode
+from ..config import EndTagMode, GenerationConfig, LongFormMode
 
 CHUNK_WINDOW_S = WINDOW_S - MAX_TAIL_S  # what a chunk may need after the longest carried-over tail
 VOICE_CLIP_WARN_S = 10.0  # the seed's guideline for prompts: 5-10 s
