@@ -116,6 +116,10 @@ class OutputConfig:
     flush_seconds: float = 10.0  # ... or after this many seconds, whichever comes first
     progress: bool = True  # live progress bar on the driver
     report: bool = True  # write report.html at the end (python -m pipeline.report <job> rebuilds it)
+    # exports written when the job ends (python -m pipeline.export does the same at any time), each
+    # to <export_dir>/<format>: webdataset, lhotse, lhotse-shar, nemo, hf
+    export: List[str] = field(default_factory=list)
+    export_dir: Optional[str] = None  # default: <output.dir>/exports
 
 
 @dataclass
@@ -155,6 +159,9 @@ class QualityConfig:
     # model-based metrics (a local folder or a Hub id; null: not measured), see pipeline/judges.py
     asr_model: Optional[str] = None  # e.g. openai/whisper-large-v3-turbo: asr_text, cer, wer
     speaker_model: Optional[str] = None  # e.g. microsoft/wavlm-base-plus-sv: speaker_sim to the row's prompt
+    # a transformers CTC model (e.g. facebook/wav2vec2-base-960h): each row's turns get start/end times
+    # by forced alignment of its script (metadata column turns; pipeline/quality/align.py)
+    align_model: Optional[str] = None
     max_cer: Optional[float] = None  # needs asr_model
     max_wer: Optional[float] = None  # needs asr_model
     min_speaker_sim: Optional[float] = None  # needs speaker_model; rows without a prompt are not judged

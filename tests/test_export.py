@@ -221,3 +221,62 @@ def test_from_and_to_the_s3_server(job, tmp_path, s3_server, bucket):
 
 
 from test_pipeline_s3 import bucket, s3_server  # noqa: E402,F401  (the loopback S3 server fixtures)
+
+
+@pytest.fixture(scope="module")
+def aligned_job(ray_local, tmp_path_factory, pipeline_cache_dir) -> Path:
+    """A job with a (tiny random) CTC alignment model and exports at its end."""
+    from hydra import compose, initialize_config_dir
+
+    from pipeline import run_job
+    from tiny_judges import tiny_asr
+
+    base = tmp_path_factory.mktemp("aligned-job")
+    ctc = tiny_asr(base / "ctc")
+    rows = [{"id": f"a{i}", "text": f"[S1] Hello there number {i}. [S2] Oh, hi! (laughs) [S1] Bye now.",
+             "voice_s1": "example" if i == 0 else None} for i in range(3)]
+    data = base / "scripts.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), data)
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+        cfg = compose("config", overrides=["model=tiny-random", f"model.cache_dir={pipeline_cache_dir}",
+                                           f"output.dir={base / 'job'}", "output.progress=false", "data=parquet",
+                                           f"data.input={data}", "generation.max_new_frames=80", "voices=example",
+                                           "output.report=false", f"quality.align_model={ctc}",
+                                           "output.export=[lhotse,nemo]"])
+    summary = run_job(cfg)
+    assert summary["status_counts"] == {"ok": 3}, summary["status_counts"]
+    assert set(summary["exports"]) == {"lhotse", "nemo"} and summary["exports"]["nemo"]["rows"] == 3
+    return base / "job"
+
+
+def test_aligned_turns_become_supervisions_and_manifest_lines(aligned_job, tmp_path):
+    from lhotse import CutSet
+
+    rows = [r for f in (aligned_job / "metadata").glob("*.parquet") for r in pq.read_table(f).to_pylist()]
+    for r in rows:
+        assert r["align_problem"] is None and [t["speaker"] for t in r["turns"]] == ["S1", "S2", "S1"]
+        times = [(t["start_s"], t["end_s"]) for t in r["turns"]]
+        assert all(0 <= s < e <= r["duration_s"] + 1e-6 for s, e in times) and times == sorted(times), times
+    cuts = CutSet.from_files(sorted(glob.glob(str(aligned_job / "exports" / "lhotse" / "cuts.*.jsonl.gz"))))
+    by_id = {c.custom["id"]: c for c in cuts}
+    first = by_id["a0"]
+    assert [s.speaker for s in first.supervisions] == ["example", f"{first.custom['key']}:S2", "example"]
+    assert [round(s.start, 3) for s in first.supervisions] == [t["start_s"] for t in
+                                                                next(r for r in rows if r["id"] == "a0")["turns"]]
+    assert first.load_audio().shape[1] == first.num_samples
+
+    out = tmp_path / "nemo"
+    export_job(str(aligned_job), "nemo", str(out), options=Options(split_turns=True, speaker_audio=True))
+    lines = [json.loads(line) for line in (out / "manifest.000000.jsonl").read_text().splitlines()]
+    assert len(lines) == 9 and {line["tag"] for line in lines} == {"S1", "S2"}
+    for line in lines:
+        info = sf.info(line["audio_filepath"])
+        assert 0 <= line["offset"] and line["offset"] + line["duration"] <= info.duration + 1e-3
+        tracks = line["speaker_audio"]
+        assert sorted(tracks) == ["s1", "s2"]
+        s1, rate = sf.read(tracks["s1"])
+        assert len(s1) == info.frames  # same length as the clip, silence outside [S1]'s turns
+        row = next(r for r in rows if r["id"] == line["id"])
+        s2_turn = row["turns"][1]
+        inside = s1[int(s2_turn["start_s"] * rate) + 1: int(s2_turn["end_s"] * rate) - 1]
+        assert len(inside) and not inside.any()

@@ -195,7 +195,8 @@ class _Job:
         check_model_sources(cfg.model, cfg.quality)  # before any folder is made or replica started
         from ..model.script_checks import check_long_form_settings
 
-        problem = check_long_form_settings(cfg.generation) or check_quality_settings(cfg.quality)
+        problem = (check_long_form_settings(cfg.generation) or check_quality_settings(cfg.quality)
+                   or check_exports(cfg.output.export))
         if problem:
             raise PipelineError(problem)
         self.storage.check_writable()  # credentials, bucket, permissions: before any model loads
@@ -249,7 +250,7 @@ class _Job:
                                    chunk_seconds=cfg.generation.chunk_seconds,
                                    tail_seconds=cfg.generation.tail_seconds,
                                    end_tag=cfg.generation.end_tag == EndTagMode.auto,
-                                   quality=cfg.quality if cfg.quality.metrics or gates_on(cfg.quality) else None,
+                                   quality=cfg.quality if cfg.quality.metrics or gates_on(cfg.quality) or cfg.quality.align_model else None,
                                    job=self.context, prompt_timeout_s=cfg.data.prompt_timeout_s,
                                    prompt_max_bytes=int(cfg.data.prompt_max_mb * 2**20))
 
@@ -361,8 +362,39 @@ def run_job(cfg: Any, *, replica_cls: type = Replica) -> dict[str, Any]:
         except Exception as e:  # the job is done and recorded; a report can be rebuilt later
             log.warning("report.html was not written (%s: %s); rebuild it with python -m pipeline.report %s",
                         type(e).__name__, e, job.storage)
+    if job.cfg.output.export and summary is not None:
+        summary["exports"] = run_exports(job)
     report(format_summary(summary))
     return summary
+
+
+def check_exports(formats: Any) -> Optional[str]:
+    """What is wrong with output.export (None: fine), said before any model loads."""
+    from ..export import FORMATS
+
+    unknown = [f for f in formats or [] if f not in FORMATS]
+    if unknown:
+        return f"output.export: unknown format {unknown[0]!r}; choose from {', '.join(FORMATS)}"
+    return None
+
+
+def run_exports(job: Any) -> dict[str, Any]:
+    """The exports output.export asks for, into <export_dir>/<format>. The job is finished and recorded
+    whatever happens here: a failed export is logged and can be run again with python -m pipeline.export."""
+    from ..export import export_job
+
+    root = (job.cfg.output.export_dir or job.storage.uri("exports")).rstrip("/")
+    done: dict[str, Any] = {}
+    for fmt in job.cfg.output.export:
+        try:
+            s = export_job(str(job.storage), fmt, f"{root}/{fmt}")
+            done[fmt] = {"out": s.out, "rows": s.rows, "files": len(s.files)}
+            log.info("export %s: %d rows in %s", fmt, s.rows, s.out)
+        except Exception as e:
+            done[fmt] = {"error": f"{type(e).__name__}: {e}"}
+            log.warning("export %s failed (%s: %s); run it again with python -m pipeline.export %s --format %s "
+                        "--out %s/%s", fmt, type(e).__name__, e, job.storage, fmt, root, fmt)
+    return done
 
 
 def report(text: str) -> None:

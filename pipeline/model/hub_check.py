@@ -38,7 +38,7 @@ class HubSource:
     @property
     def label(self) -> str:
         what = {"model.source": "model", "model.codec_source": "codec", "quality.asr_model": "ASR model",
-                "quality.speaker_model": "speaker model"}.get(self.key, self.key)
+                "quality.speaker_model": "speaker model", "quality.align_model": "alignment model"}.get(self.key, self.key)
         return f"the {what} {self.repo}" + (f" (revision {self.revision})" if self.revision else "")
 
     @property
@@ -192,7 +192,7 @@ def judge_sources(quality: Any) -> list[HubSource]:
     from dia_model import looks_like_repo_id
 
     out = []
-    for key in ("asr_model", "speaker_model"):
+    for key in ("asr_model", "speaker_model", "align_model"):
         source = getattr(quality, key, None)
         if not source or _is_local(source) or not looks_like_repo_id(source):
             continue

@@ -45,7 +45,9 @@ def fingerprint(cfg: JobConfig, job_seed: int) -> dict[str, Any]:
                                                "max_new_frames", "max_seconds", "long_form", "chunk_seconds",
                                                "tail_seconds", "end_tag")},
         # only the gates that are set: a gate added in a later version leaves older fingerprints alone
-        "quality": {k: v for k, v in (plain.get("quality") or {}).items() if k != "metrics" and v not in (None, 0)},
+        # (the alignment model only times the turns: adding one later leaves the job resumable)
+        "quality": {k: v for k, v in (plain.get("quality") or {}).items()
+                    if k not in ("metrics", "align_model") and v not in (None, 0)},
         "voices": {name: [v["audio"], v["transcript"]] for name, v in sorted((plain.get("voices") or {}).items())},
         "job_seed": job_seed,
         **{f"sweep.{k}": v for k, v in plain["sweep"].items()},

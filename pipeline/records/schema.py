@@ -57,6 +57,10 @@ OWN_SCHEMA = pa.schema([
     ("cer", pa.float64()),
     ("wer", pa.float64()),
     ("speaker_sim", pa.float64()),
+    # per speaker turn, with times when quality.align_model aligned the row (null: not aligned)
+    ("turns", pa.list_(pa.struct([("speaker", pa.string()), ("text", pa.string()), ("start_s", pa.float64()),
+                                  ("end_s", pa.float64())]))),
+    ("align_problem", pa.string()),  # why this row could not be aligned
     ("quality_attempts", pa.int32()),
     ("quality_seeds", pa.list_(pa.int64())),
     ("text", pa.string()),
@@ -116,6 +120,7 @@ def outcome_record(row: "RowSpec", r: Any, model: dict[str, Any], replica: dict[
         replica=replica.get("name"), node=replica.get("node"), device=replica.get("device"), batch_rows=batch_rows,
         generation_s=r.generation_s, decode_s=r.write_s, chunks=r.chunks, chunk_frames=r.chunk_frames,
         end_tag_applied=r.end_tag_applied, quality_seeds=r.quality_seeds,
+        turns=r.turns, align_problem=r.align_problem,
         quality_attempts=len(r.quality_seeds) if r.quality_seeds else None,
         **{k: v for k, v in (r.metrics or {}).items() if k != "duration_s"},  # that one is there
         finished_at=datetime.now(timezone.utc), audio_bytes=r.audio_bytes if r.ok else None,

@@ -90,6 +90,8 @@ class RowResult:
     rejected: bool = False  # audio came out but its best attempt failed a quality gate (error says which)
     metrics: Optional[dict[str, Any]] = None  # pipeline.metrics.row_metrics of the kept attempt
     quality_seeds: Optional[list[int]] = None  # the seed of every attempt, in order
+    turns: Optional[list[dict[str, Any]]] = None  # the kept attempt's turns, timed (quality.align_model)
+    align_problem: Optional[str] = None  # why its turns could not be timed
     refused: bool = False  # a problem found while planning the row: it never reached the engine
 
 
@@ -204,15 +206,18 @@ class Replica:
         self.load_error: Optional[BaseException] = None
         self._asr: Any = None
         self._speaker: Any = None
+        self._aligner: Any = None
         try:
             self.model = load_model(settings.model, settings.has_gpu)
             q = settings.quality
-            if q is not None and (q.asr_model or q.speaker_model):
+            if q is not None and (q.asr_model or q.speaker_model or q.align_model):
+                from ..quality.align import CtcAligner
                 from ..quality.judges import AsrJudge, SpeakerJudge
 
                 device = str(getattr(self.model, "device", "cpu"))
                 self._asr = AsrJudge(q.asr_model, device) if q.asr_model else None
                 self._speaker = SpeakerJudge(q.speaker_model, device) if q.speaker_model else None
+                self._aligner = CtcAligner(q.align_model, device) if q.align_model else None
         except Exception as e:
             self.load_error = e
             return
@@ -442,6 +447,16 @@ class Replica:
             return True
         return False
 
+    def _align(self, script: str, audio: Any, rate: int) -> tuple[Optional[list[dict[str, Any]]], Optional[str]]:
+        """(turns with times, None), or (None, why) when this row cannot be aligned: the export then
+        lists its turns without times."""
+        from ..quality.align import AlignmentError
+
+        try:
+            return [t.as_dict() for t in self._aligner.align(audio, rate, script)], None
+        except AlignmentError as e:
+            return None, str(e)
+
     def _prompt_embedding(self, codes: Any) -> Any:
         """The speaker embedding of a prompt as the model heard it (its codes decoded), once per prompt."""
         key = id(codes)  # prompt codes are cached objects: one per voice or prompt file
@@ -477,6 +492,8 @@ class Replica:
                 out.rejected = True
                 out.error = "quality gates failed after {} attempt{}: {}".format(
                     len(p.tries), "s" if len(p.tries) > 1 else "", "; ".join(f.message for f in failures))
+        if self._aligner is not None:  # the kept attempt only: its turns, timed
+            out.turns, out.align_problem = self._align(p.row.text or "", res.audio, sr)
         if self.storage is None or self.settings.embed_audio:
             out.audio = data
         if self.storage is not None:
