@@ -15,7 +15,7 @@ process with its own in-process Ray, timed from just before the process starts. 
 
 ``--baseline REV`` runs every variant with the code of git revision REV too (a temporary worktree,
 first on PYTHONPATH), alternating with this checkout's runs, so both see the same machine state.
-``--null N`` replaces Dia with ``pipeline/null_model.py`` (every row comes back at once with a 93 ms
+``--null N`` replaces Dia with ``pipeline/model/null_model.py`` (every row comes back at once with a 93 ms
 waveform; the replicas skip the signal metrics) and runs N rows (in Parquet shards of ``--shard-rows``)
 through 2 replicas. Reported: rows/s over the command (here the replicas share the driver's CPUs),
 the driver's peak RSS, and the driver's own CPU time, over the whole job and after the first replica

@@ -12,7 +12,7 @@ __all__ = ["JobConfig", "InputError", "PipelineError", "run_job"]
 
 
 def run_job(cfg, **kwargs):  # imported lazily: keeps `import pipeline` light (no Ray, no torch)
-    """Run or resume one job and return its summary; see :func:`pipeline.job.run_job`."""
+    """Run or resume one job and return its summary; see :func:`pipeline.driver.job.run_job`."""
     from .driver.job import run_job as _run_job
 
     return _run_job(cfg, **kwargs)

@@ -52,7 +52,7 @@ def remove_failed_start(job_dir: Path) -> None:
 
 @hydra.main(version_base="1.3", config_path=config_dir(), config_name="config")
 def _main(cfg: DictConfig) -> None:
-    from .driver.job import exit_code, run_job
+    from .driver.job import exit_code, run_job  # deferred: Hydra answers --help before Ray and pyarrow load
 
     _sweep_job_dir(cfg)
     try:

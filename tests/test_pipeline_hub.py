@@ -86,7 +86,7 @@ def run_check(env: dict[str, str], source: str = MODEL) -> subprocess.CompletedP
         "import sys\n"
         "from pipeline.config import ModelConfig\n"
         "from pipeline.errors import PipelineError\n"
-        "from pipeline.hub_check import check_model_sources\n"
+        "from pipeline.model.hub_check import check_model_sources\n"
         "try:\n"
         f"    check_model_sources(ModelConfig(source={source!r}))\n"
         "except PipelineError as e:\n"

@@ -18,6 +18,8 @@ Run with ``-s`` to see the layer table.
 from __future__ import annotations
 
 import ast
+import os
+import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -269,3 +271,12 @@ def test_every_package_is_in_pyproject():
     listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     packages = {module_name(p.parent / "__init__.py") for p in PACKAGE.rglob("__init__.py")}
     assert packages - listed == set()
+
+
+def test_planning_loads_neither_torch_nor_ray():
+    """Not only no direct import: nothing planning imports pulls torch, dia_model or Ray in either."""
+    code = ("import sys, pipeline.planning.planner, pipeline.planning.scan, pipeline.records.store, "
+            "pipeline.records.report; print(sorted(m for m in ('torch', 'ray', 'dia_model') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])})
+    assert out.stdout.strip() == "[]", out.stderr

@@ -12,7 +12,8 @@ import soundfile as sf
 
 from pipeline import run_job
 from pipeline.config import EXAMPLES_DIR, ModelConfig
-from pipeline.replica.actor import Replica, ReplicaSettings
+from pipeline.replica.actor import Replica
+from pipeline.replica.results import ReplicaSettings
 
 SHORT = ["generation.batch_size=4", "cluster.unit_rows=2", "generation.tail_seconds=0.2"]
 

@@ -657,3 +657,19 @@ def test_dia_and_the_null_model_meet_the_model_protocol():
         assert callable(getattr(Dia, name)) or isinstance(getattr(Dia, name), property), name
     [res] = null.generate("[S1] Hi.", seed=7, max_new_frames=10)
     assert res.seed == 7 and res.frames == 8 and len(null.decode_audio([res.codes])[0]) == len(res.audio)
+
+
+def test_a_delivery_cut_to_fewer_rows_still_counts_refused_rows_as_refused():
+    """BatchResult counts come from one tally per row, so ``only`` (rows the driver already gave up
+    on are dropped) keeps a row refused while planning out of the generated failures."""
+    from pipeline.records.schema import records_table
+    from pipeline.replica.results import FAILED, OK, REFUSED, BatchResult, RowTally, ipc_bytes
+
+    records = [{"key": k, "id": k, "shard": "s", "row_index": i, "status": s}
+               for i, (k, s) in enumerate([("a", "ok"), ("b", "error"), ("c", "error")])]
+    tallies = [RowTally("a", OK, 1.5, 100), RowTally("b", FAILED, 0.0, 0), RowTally("c", REFUSED, 0.0, 0)]
+    full = BatchResult({"s": ipc_bytes(records_table(records, None))}, tallies, {"name": "r0"})
+    assert (full.ok, full.failed, full.refused, full.audio_s, full.audio_bytes) == (1, 1, 1, 1.5, 100)
+    cut = full.only({"a", "c"})
+    assert (cut.keys, cut.ok, cut.failed, cut.refused, cut.audio_bytes) == (["a", "c"], 1, 0, 1, 100)
+    assert cut.table("s").column("key").to_pylist() == ["a", "c"]

@@ -24,7 +24,8 @@ from ..planning.scan import JobPlan, index_shard, scan_plan
 from ..quality.gates import check_settings as check_quality_settings, gates_on
 from ..records.error_groups import group_errors
 from .progress import Progress, format_summary
-from ..replica.actor import BatchResult, Replica, ReplicaSettings
+from ..replica.actor import Replica
+from ..replica.results import BatchResult, ReplicaSettings
 from ..records.resume import JOB_JSON, check_fingerprint, clear_outputs, fingerprint, read_job_json, select_rows
 from .scheduler import Scheduler
 from ..storage import Storage, is_uri

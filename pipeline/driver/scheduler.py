@@ -24,7 +24,7 @@ from ray.exceptions import ActorUnavailableError, RayTaskError
 from ..config import ClusterConfig
 from ..errors import PipelineError
 from .ledger import start_ledger
-from ..replica.actor import BatchResult, ReplicaSettings
+from ..replica.results import BatchResult, ReplicaSettings
 from .workqueue import Unit, WorkQueue
 
 log = logging.getLogger("pipeline")

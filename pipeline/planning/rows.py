@@ -10,6 +10,7 @@ from typing import Any, Callable, Optional
 
 from ..config import GenerationConfig
 from .inputs import is_uri
+from .voices import row_voices
 
 MAX_SEED = 2**63 - 1
 # Override columns: name -> (integer?, low, high). Ranges match what Dia.generate accepts.
@@ -161,8 +162,6 @@ class ParsedCells:
 
 def parse_cells(cells: dict[str, Any], check_script: Callable[[str], list[str]]) -> ParsedCells:
     """Parse a row's text, overrides, prompt and voice columns; collect every problem instead of raising."""
-    from .voices import row_voices
-
     problems: list[str] = []
     text, problem = _text_cell("text", cells.get("text"))
     problems += [problem] if problem else []
