@@ -148,8 +148,12 @@ def build(slots: int, shape: str, dtype: torch.dtype):
 
 
 def measure(slots: int, length: int, shape: str = "1.6b", dtype: torch.dtype = torch.bfloat16,
-            top_k: int = 64) -> CostMode:
+            top_k: int = 64, text: int = 0) -> CostMode:
+    """One step's costs, every slot live; ``text``: the script bytes the slots hold (cross-attention
+    reads that width; 0: the engine's smallest bucket)."""
     cfg, state = build(slots, shape, dtype)
+    if text:
+        state._grow_text(text)
     state.live.fill_(True)
     mode = CostMode()
     with mode:
@@ -167,15 +171,18 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--slots", default="8,16,32,64,128,256", help="comma-separated slot counts")
     ap.add_argument("--length", type=int, default=1024, help="attention length (cache positions read)")
+    ap.add_argument("--text", type=int, default=320, help="script bytes held (cross-attention width); "
+                    "320 B is ~20 s of dialogue")
     ap.add_argument("--shape", default="1.6b", choices=["tiny", "100m", "1.6b"])
     ap.add_argument("--kernel-us", type=float, default=2.0, help="cost of one kernel besides its bytes")
     ap.add_argument("--ops", type=int, default=0, help="also list the N ops that move the most bytes")
     args = ap.parse_args(argv)
-    print(f"decode step, {args.shape} shapes, bf16, attention length {args.length}, {args.kernel_us:g} us per kernel")
+    print(f"decode step, {args.shape} shapes, bf16, attention length {args.length}, scripts of {args.text} B, "
+          f"{args.kernel_us:g} us per kernel")
     print(f"{'slots':>5} {'kernels':>8} {'GB/step':>8} {'H100 ms':>8} {'H100 xRT':>9} {'H200 ms':>8} {'H200 xRT':>9}")
     last = None
     for n in [int(s) for s in args.slots.split(",")]:
-        mode = measure(n, args.length, args.shape)
+        mode = measure(n, args.length, args.shape, text=args.text)
         h100, x100 = modeled(mode, n, "H100", args.kernel_us)
         h200, x200 = modeled(mode, n, "H200", args.kernel_us)
         print(f"{n:>5} {mode.kernels:>8} {mode.bytes / 1e9:>8.2f} {h100 * 1e3:>8.2f} {x100:>9.0f} {h200 * 1e3:>8.2f} "
@@ -192,3 +199,66 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+class MemoryMode(TorchDispatchMode):
+    """Device memory as the caching allocator would hold it, counted on the meta device: every storage
+    made under the mode is live while a tensor on it lives; ``peak`` is the most held at once.
+
+    ``track(tensors)`` registers storages made before the mode (weights, a SlotState's caches), so
+    that dropping them (a cache replaced by a larger one) frees them too. Slices and views share
+    their storage and are not counted twice."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._refs: dict[int, int] = {}
+        self._bytes: dict[int, int] = {}
+        self._seen: set[int] = set()
+        self.now = 0
+        self.peak = 0
+
+    def track(self, tensors) -> "MemoryMode":
+        for t in _tensors(list(tensors)):
+            self._add(t)
+        return self
+
+    def _add(self, t: torch.Tensor) -> None:
+        import weakref
+
+        if id(t) in self._seen:
+            return
+        storage = t.untyped_storage()
+        key = storage.data_ptr() if t.device.type != "meta" else storage._cdata
+        self._seen.add(id(t))
+        if key not in self._refs:
+            self._refs[key], self._bytes[key] = 0, storage.nbytes()
+            self.now += self._bytes[key]
+            self.peak = max(self.peak, self.now)
+        self._refs[key] += 1
+        weakref.finalize(t, self._drop, key, id(t))
+
+    def _drop(self, key: int, ident: int) -> None:
+        self._seen.discard(ident)
+        self._refs[key] -= 1
+        if not self._refs[key]:
+            self.now -= self._bytes.pop(key)
+            del self._refs[key]
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in _tensors(out):
+            self._add(t)
+        return out
+
+
+def state_tensors(state) -> list:
+    """Every tensor a SlotState holds (and its model's weights)."""
+    out = [p for p in state.model.parameters()] + [b for b in state.model.buffers()]
+    for value in vars(state).values():
+        if isinstance(value, torch.Tensor):
+            out.append(value)
+        elif isinstance(value, (list, tuple)):
+            out.extend(_tensors(value))
+        elif hasattr(value, "__dict__"):
+            out.extend(v for v in vars(value).values() if isinstance(v, torch.Tensor))
+    return out

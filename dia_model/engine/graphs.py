@@ -7,10 +7,17 @@ admissions wrote there. A graph goes stale only when a state tensor is reallocat
 cross-attention cache growing for a longer script); ``SlotState.layout`` says when, and the
 graphs are captured again. If capture fails for any reason, the eager step takes over for the
 rest of the stream and the reason is kept in ``fallback`` (the results are the same either way).
+
+A capture happens mid-stream, while the codec thread may be decoding on its own stream. Two guards
+keep that thread from invalidating it: the capture runs in ``thread_local`` error mode (only this
+thread's unsafe CUDA calls count, not the codec thread's allocations), and it holds ``quiet``, the
+lock the codec thread holds around each decode, so no codec work is issued while it captures.
 """
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import warnings
 
 import torch
@@ -25,10 +32,11 @@ _STATE = ("timeline", "t", "countdown", "finished_at", "ended_by_eos", "live")
 class GraphedStep:
     """``SlotState.step`` through captured CUDA graphs (CUDA only)."""
 
-    def __init__(self, state: SlotState):
+    def __init__(self, state: SlotState, quiet: threading.Lock | None = None):
         if state.device.type != "cuda":
             raise ValueError("CUDA graphs need a CUDA device")
         self.state = state
+        self.quiet = quiet  # held by the codec thread around each decode (see the module's note)
         self.graphs: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, Tensor]] = {}
         self.layout = state.layout
         self.pool = torch.cuda.graph_pool_handle()
@@ -60,6 +68,10 @@ class GraphedStep:
     def _capture(self, length: int, k_max: int) -> tuple[torch.cuda.CUDAGraph, Tensor]:
         """Warm up on a side stream (lazy cuBLAS/allocator set-up must not happen inside a capture),
         put the state back as it was, then capture one step."""
+        with self.quiet if self.quiet is not None else contextlib.nullcontext():
+            return self._capture_quietly(length, k_max)
+
+    def _capture_quietly(self, length: int, k_max: int) -> tuple[torch.cuda.CUDAGraph, Tensor]:
         state = self.state
         saved = {name: getattr(state, name).clone() for name in _STATE}
         side = torch.cuda.Stream(state.device)
@@ -70,7 +82,7 @@ class GraphedStep:
         for name, value in saved.items():  # warm-up K/V writes are the ones the real step makes again
             getattr(state, name).copy_(value)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool):
+        with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
             finished = state.step(length, k_max)
         self.captures += 1
         return graph, finished

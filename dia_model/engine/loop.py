@@ -11,6 +11,7 @@ owns who sits where, ``slot_state.SlotState`` owns the math, ``admission.RowChec
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -91,12 +92,13 @@ def choose_slots(model: DiaModel, device: torch.device, slots: int | None) -> in
     return slots
 
 
-def _step_function(state: SlotState, cuda_graphs: bool | None) -> tuple[Callable[[int, int], torch.Tensor], Any]:
+def _step_function(state: SlotState, cuda_graphs: bool | None,
+                   quiet: threading.Lock | None = None) -> tuple[Callable[[int, int], torch.Tensor], Any]:
     """The step to call each iteration: captured graphs on CUDA (unless ``cuda_graphs=False``), else eager."""
     if state.device.type == "cuda" and cuda_graphs is not False:
         from .graphs import GraphedStep
 
-        graphed = GraphedStep(state)
+        graphed = GraphedStep(state, quiet)
         return graphed, graphed
     if cuda_graphs:
         raise DiaError(f"cuda_graphs=True needs a CUDA device; this model is on {state.device}")
@@ -108,8 +110,9 @@ class CodecThread:
     on its own stream, so its kernels overlap the decode steps')."""
 
     def __init__(self, decode_audio: Callable[[list[np.ndarray]], list[np.ndarray]], device: torch.device,
-                 stats: StreamStats):
+                 stats: StreamStats, quiet: threading.Lock | None = None):
         self._decode_audio = decode_audio
+        self._quiet = quiet if quiet is not None else threading.Lock()  # shared with the graph captures
         self._stats = stats
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="dia-codec")
         self._stream = torch.cuda.Stream(device) if device.type == "cuda" else None
@@ -129,7 +132,7 @@ class CodecThread:
     def _decode(self, results: list[GenerationResult]) -> list[GenerationResult]:
         started = time.perf_counter()
         nonempty = [r for r in results if r.frames]
-        with torch.cuda.stream(self._stream) if self._stream is not None else contextlib.nullcontext():
+        with self._quiet, torch.cuda.stream(self._stream) if self._stream is not None else contextlib.nullcontext():
             waves = self._decode_audio([r.codes for r in nonempty]) if nonempty else []
         for r, wave in zip(nonempty, waves):
             r.audio = wave
@@ -153,7 +156,8 @@ class StreamRun:
         cuda = ctx.device.type == "cuda"
         self.table = SlotTable(slots, self.state.capacity, ctx.device,
                                length_bucket=CUDA_LENGTH_BUCKET if cuda else None, stats=stats)
-        self.step_fn, self.graphed = _step_function(self.state, cuda_graphs)
+        self.quiet = threading.Lock()  # the codec thread holds it while decoding; a graph capture waits for it
+        self.step_fn, self.graphed = _step_function(self.state, cuda_graphs, self.quiet)
         self.source = iter(requests)
         self.exhausted = False  # the source has ended
         self.follow_ups: deque[Request] = deque()  # long form: the next chunk of a script whose chunk just finished
@@ -292,7 +296,7 @@ def stream_requests(ctx: StreamModel, requests: Iterable[Request], *, slots: int
     """The generator behind :meth:`Dia.stream` (see there)."""
     n = choose_slots(ctx.model, ctx.device, slots)
     run = StreamRun(ctx, requests, n, stats if stats is not None else StreamStats(), cuda_graphs)
-    codec = CodecThread(ctx.decode_audio, ctx.device, run.stats) if decode_audio and ctx.decode_audio else None
+    codec = CodecThread(ctx.decode_audio, ctx.device, run.stats, run.quiet) if decode_audio and ctx.decode_audio else None
     try:
         while True:
             yield from run.admit()

@@ -20,6 +20,8 @@ from torch import Tensor
 from ..nn.model import DiaModel, KVCache, cache_dtype
 from ..text import text_batch
 from .buckets import TEXT_BUCKET, round_up
+
+ADMIT_GROUP = 16  # requests admitted together at most on an accelerator (bounds admission's transient memory)
 from .sampling import RowSampling
 from .step import DecodeStep
 from .timeline import NOT_GENERATED, RowOutput, RowRequest, delayed_prompt, row_output
@@ -46,9 +48,15 @@ def slot_bytes(model: DiaModel, device: torch.device, text_capacity: int | None 
 class SlotState:
     """Device state of ``n`` slots and the step that advances every live slot by one frame."""
 
-    def __init__(self, model: DiaModel, n: int, device: torch.device):
+    def __init__(self, model: DiaModel, n: int, device: torch.device, *, whole_cross: bool | None = None,
+                 admit_group: int | None = None):
+        """``whole_cross`` / ``admit_group``: the accelerator policies (a cross cache allocated whole,
+        admission in bounded groups); None: on for every device but the CPU."""
         cfg = self.cfg = model.cfg
         self.model, self.n, self.device = model, n, device
+        accelerator = device.type != "cpu"
+        self.whole_cross = accelerator if whole_cross is None else whole_cross
+        self.admit_group = admit_group or (ADMIT_GROUP if accelerator else None)
         self.kv_dtype = cache_dtype(model.decoder.head.weight.dtype, device)
         self.capacity = cfg.max_frames + 1  # positions a slot can hold (one spare for a finished slot)
         self.timeline = torch.full((n, self.capacity + 1, cfg.channels), NOT_GENERATED, dtype=torch.long,
@@ -59,6 +67,8 @@ class SlotState:
         self.layout = 0  # bumped whenever a state tensor is reallocated (captured graphs then go stale)
         self.cross_kv: list[tuple[Tensor, Tensor]] = []
         self.cross_mask = torch.zeros(2 * n, 1, 1, 0, dtype=torch.bool, device=device)
+        self._cross_whole: list[tuple[Tensor, Tensor]] = []  # accelerators: the whole cache, cross_kv views it
+        self._mask_whole = self.cross_mask
         self._grow_text(TEXT_BUCKET)
         longs = lambda fill: torch.full((n,), fill, dtype=torch.long, device=device)  # noqa: E731
         self.t = longs(0)  # each slot's input position
@@ -78,10 +88,28 @@ class SlotState:
 
     # ------------------------------------------------------------------ admission
     def _grow_text(self, needed: int) -> None:
-        """Make the cross-attention cache hold ``needed`` script bytes (keeps what it holds)."""
+        """Make the cross-attention cache hold ``needed`` script bytes (keeps what it holds).
+
+        On an accelerator the cache is allocated once at the longest script (as ``slot_bytes`` counts
+        it) and the step reads only the width in use: growing mid-stream would hold the old and the
+        new cache at once, a spike the slot sizing does not count. On a CPU it grows in buckets."""
         cfg = self.cfg
         size = min(round_up(needed, TEXT_BUCKET), max(cfg.text_length, needed))
         if size <= self.text_capacity:
+            return
+        if self.whole_cross:
+            if not self._cross_whole:
+                whole = max(cfg.text_length, size)
+                shape = (2 * self.n, cfg.cross_heads, whole, cfg.cross_head_dim)
+                self._cross_whole = [(torch.zeros(shape, dtype=self.kv_dtype, device=self.device),
+                                      torch.zeros(shape, dtype=self.kv_dtype, device=self.device))
+                                     for _ in range(cfg.dec_layers)]
+                self._mask_whole = torch.zeros(2 * self.n, 1, 1, whole, dtype=torch.bool, device=self.device)
+            self.cross_kv = [(k[:, :, :size], v[:, :, :size]) for k, v in self._cross_whole]
+            self.cross_mask = self._mask_whole[..., :size]
+            self.cross_mask[..., 0] |= ~self.cross_mask.any(dim=-1)  # an empty slot attends to one (zero) key
+            self.text_capacity = size
+            self.layout += 1  # new views: captured graphs read the old width
             return
         grown = []
         for i in range(cfg.dec_layers):
@@ -102,7 +130,15 @@ class SlotState:
     @torch.inference_mode()
     def admit(self, slots: list[int], requests: list[RowRequest]) -> None:
         """Start ``requests`` in the (free) ``slots``: encoder pass, cross-attention K/V, timeline head,
-        settings, and the prompt prefill, the admitted requests together."""
+        settings, and the prompt prefill. On an accelerator in groups of ``ADMIT_GROUP``: the encoder
+        output and the cross K/V of the requests being admitted are held beside the cache, and a
+        first admission of every slot at once would hold them for all (memory the sizing leaves
+        for activations)."""
+        group = self.admit_group or max(1, len(slots))
+        for start in range(0, len(slots), group):
+            self._admit(slots[start:start + group], requests[start:start + group])
+
+    def _admit(self, slots: list[int], requests: list[RowRequest]) -> None:
         cfg, dev, model = self.cfg, self.device, self.model
         ids, real = text_batch([r.script for r in requests], dev)
         enc_ids = torch.stack((torch.zeros_like(ids), ids), dim=1).flatten(0, 1)

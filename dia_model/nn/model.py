@@ -13,8 +13,12 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..config import DiaConfig
+
+
+_EAGER_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
 class RMSNorm(nn.Module):
@@ -82,12 +86,31 @@ def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, causal: 
 
     Keys/values kept in fp32 for a half-precision model (see ``cache_dtype``) take a
     plain fp32 path: on CPUs, half-precision SDPA is 4-8x slower than this.
+
+    Grouped queries (Hq > Hkv) with a mask the same for every query position (the decode step's:
+    [B, 1, 1, S]) are folded: each K/V head's group of query heads becomes query rows of that head,
+    [B, Hkv, g*T, d], so SDPA sees equal head counts. With ``enable_gqa`` and a mask, CUDA has no
+    fused kernel and runs the math path, which repeats K and V to every query head (about 4x the
+    step's memory traffic); folded, the memory-efficient kernel takes the call.
     """
     if k.dtype != q.dtype:
         return _attend_fp32(q, k, v, mask, causal)
-    return F.scaled_dot_product_attention(
-        q, k, v, attn_mask=mask, is_causal=causal, scale=1.0, enable_gqa=q.shape[1] != k.shape[1]
-    )
+    b, hq, t, d = q.shape
+    hkv = k.shape[1]
+    if hq != hkv and not causal and (mask is None or mask.shape[-2] == 1):
+        y = _sdpa(q.reshape(b, hkv, (hq // hkv) * t, d), k, v, mask, False, False)
+        return y.view(b, hq, t, d)
+    return _sdpa(q, k, v, mask, causal, hq != hkv)
+
+
+def _sdpa(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool, gqa: bool) -> Tensor:
+    if q.is_cuda and not torch.cuda.is_current_stream_capturing():
+        # eager CUDA calls: no cuDNN attention, which builds a new plan for every new shape (generate()'s
+        # attention length changes every step); captured graphs keep whatever kernel they captured
+        with sdpa_kernel(_EAGER_BACKENDS):
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, scale=1.0,
+                                                  enable_gqa=gqa)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, scale=1.0, enable_gqa=gqa)
 
 
 def _attend_fp32(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool) -> Tensor:
