@@ -161,7 +161,7 @@ class Dia:
         for a cut-off last word; ``result.end_tag_applied`` says where it applied).
         ``long_form=True`` splits each script into chunks of at most ``chunk_seconds`` of expected
         speech, prompting each chunk with the last ~``tail_seconds`` of the one before, and joins
-        them (see :mod:`dia_model.longform`; ``result.chunks`` describes each). Long-form rows run
+        them (see :mod:`dia_model.engine.longform`; ``result.chunks`` describes each). Long-form rows run
         through :meth:`stream`, so chunks of different scripts share the batch.
         """
         single = isinstance(texts, str)

@@ -25,7 +25,7 @@ from ..errors import DiaError
 from ..nn.model import DiaModel
 from ..types import GenerationResult, Request, StreamStats
 from .admission import RowChecker, apply_end_tag
-from .buckets import CUDA_LENGTH_BUCKET, k_bound
+from .buckets import CPU_LENGTH_BUCKET, CUDA_LENGTH_BUCKET, k_bound
 from .longform import ChunkId, LongForm
 from .slot_state import SlotState, slot_bytes
 from .slot_table import Seat, SlotTable
@@ -155,7 +155,8 @@ class StreamRun:
         self.state = SlotState(ctx.model, slots, ctx.device)
         cuda = ctx.device.type == "cuda"
         self.table = SlotTable(slots, self.state.capacity, ctx.device,
-                               length_bucket=CUDA_LENGTH_BUCKET if cuda else None, stats=stats)
+                               length_bucket=CUDA_LENGTH_BUCKET if cuda else (
+                                   CPU_LENGTH_BUCKET if ctx.device.type == "cpu" else None), stats=stats)
         self.quiet = threading.Lock()  # the codec thread holds it while decoding; a graph capture waits for it
         self.step_fn, self.graphed = _step_function(self.state, cuda_graphs, self.quiet)
         self.source = iter(requests)

@@ -50,12 +50,19 @@ class Rope(nn.Module):
         angles = torch.arange(self.max_positions, dtype=torch.float32, device=device)[:, None] / timescale[None, :]
         self.cos, self.sin = angles.cos(), angles.sin()
 
-    def forward(self, x: Tensor, positions: Tensor) -> Tensor:
-        """x: [B, T, heads, head_dim]; positions: [T] shared by the rows, or [B, T] per row (int)."""
-        cos = self.cos[positions].unsqueeze(-2)
-        sin = self.sin[positions].unsqueeze(-2)
+    def tables(self, positions: Tensor) -> tuple[Tensor, Tensor]:
+        """(cos, sin) at ``positions`` ([T], or [B, T]), shaped to rotate [B, T, heads, head_dim]; a
+        step that rotates several tensors at the same positions looks them up once."""
+        return self.cos[positions].unsqueeze(-2), self.sin[positions].unsqueeze(-2)
+
+    @staticmethod
+    def rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
         a, b = x.float().chunk(2, dim=-1)
         return torch.cat((a * cos - b * sin, b * cos + a * sin), dim=-1).to(x.dtype)
+
+    def forward(self, x: Tensor, positions: Tensor) -> Tensor:
+        """x: [B, T, heads, head_dim]; positions: [T] shared by the rows, or [B, T] per row (int)."""
+        return self.rotate(x, *self.tables(positions))
 
 
 class Linear(nn.Linear):
@@ -138,13 +145,16 @@ class SelfAttention(nn.Module):
         self.qkv = Linear(dim, (heads + 2 * kv_heads) * head_dim)
         self.out = Linear(heads * head_dim, dim)
 
-    def project(self, x: Tensor, rope: Rope, positions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """-> q [B, Hq, T, d], k and v [B, Hkv, T, d], RoPE applied."""
+    def project(self, x: Tensor, rope: Rope, positions: Tensor,
+                tables: tuple[Tensor, Tensor] | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """-> q [B, Hq, T, d], k and v [B, Hkv, T, d], RoPE applied (``tables``: ``rope.tables(positions)``
+        looked up already)."""
         b, t, _ = x.shape
         d = self.head_dim
+        cos, sin = tables if tables is not None else rope.tables(positions)
         q, k, v = self.qkv(x).split([self.heads * d, self.kv_heads * d, self.kv_heads * d], dim=-1)
-        q = rope(q.view(b, t, self.heads, d), positions).transpose(1, 2)
-        k = rope(k.view(b, t, self.kv_heads, d), positions).transpose(1, 2)
+        q = rope.rotate(q.view(b, t, self.heads, d), cos, sin).transpose(1, 2)
+        k = rope.rotate(k.view(b, t, self.kv_heads, d), cos, sin).transpose(1, 2)
         return q, k, v.view(b, t, self.kv_heads, d).transpose(1, 2)
 
     def merge(self, y: Tensor) -> Tensor:
@@ -275,8 +285,9 @@ class Decoder(nn.Module):
         end = start + t
         positions = torch.arange(start, end, device=frames.device)
         x = F.embedding(frames + self.channel_offsets, self.embedding.weight).sum(dim=2)
+        tables = self.rope.tables(positions)  # the same positions in every layer
         for i, layer in enumerate(self.layers):
-            q, k, v = layer.self_attn.project(layer.self_attn_norm(x), self.rope, positions)
+            q, k, v = layer.self_attn.project(layer.self_attn_norm(x), self.rope, positions, tables)
             cache.k[i, :, :, start:end] = k
             cache.v[i, :, :, start:end] = v
             keys, values = cache.k[i, :, :, :end], cache.v[i, :, :, :end]
@@ -302,8 +313,9 @@ class Decoder(nn.Module):
         pos = positions[:, None]  # [B, 1]: one query per row
         visible = (torch.arange(length, device=frames.device)[None, :] <= pos)[:, None, None, :]  # [B, 1, 1, S]
         x = F.embedding(frames[:, None] + self.channel_offsets, self.embedding.weight).sum(dim=2)
+        tables = self.rope.tables(pos)  # the same positions in every layer
         for i, layer in enumerate(self.layers):
-            q, k, v = layer.self_attn.project(layer.self_attn_norm(x), self.rope, pos)
+            q, k, v = layer.self_attn.project(layer.self_attn_norm(x), self.rope, pos, tables)
             cache.k[i, rows, :, positions] = k[:, :, 0].to(cache.k.dtype)
             cache.v[i, rows, :, positions] = v[:, :, 0].to(cache.v.dtype)
             y = attend(q, cache.k[i, :, :, :length], cache.v[i, :, :, :length], mask=visible)
