@@ -115,7 +115,7 @@ def test_input_and_output_on_s3_and_a_resume_uploads_nothing(s3_server, ray_loca
     meta = _metadata(s3_server, bucket, "jobs/one")
     assert sorted(r["id"] for r in meta) == [r["id"] for r in rows]
     objects = _objects(s3_server, bucket, "jobs/one/")
-    assert f"jobs/one/job.json" in objects
+    assert "jobs/one/job.json" in objects
     for r in meta:  # each audio object whole, written by a replica, described by its metadata row
         key = f"jobs/one/{r['audio_path']}"
         assert objects[key][1] == r["audio_bytes"]

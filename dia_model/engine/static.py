@@ -15,7 +15,7 @@ from torch import Tensor
 
 from ..nn.model import DiaModel, KVCache, cache_dtype
 from ..text import text_batch
-from .sampling import RowSampling, row_keys
+from .sampling import RowSampling
 from .step import DecodeStep
 from .timeline import NOT_GENERATED, RowOutput, RowRequest, delayed_prompt, row_output
 
