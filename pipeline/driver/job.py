@@ -16,24 +16,24 @@ import numpy as np
 import pyarrow.compute as pc
 
 from .. import audio as audio_io
-from .cluster import connect, plan_replicas
 from ..config import EndTagMode, JobConfig, to_job_config, to_plain
 from ..errors import PipelineError
 from ..model.hub_check import check_model_sources
-from ..records.schema import STATUS_ERROR, STATUS_OK, error_record
-from ..records.store import MetadataStore
 from ..planning.planner import JobContext, ShardPlanner
 from ..planning.scan import JobPlan, index_shard, scan_plan
+from ..planning.voices import VoiceClip, load_voices
 from ..quality.gates import check_settings as check_quality_settings, gates_on
 from ..records.error_groups import group_errors
 from ..records.report import build_report
-from .progress import Progress, format_summary
+from ..records.resume import JOB_JSON, check_fingerprint, clear_outputs, fingerprint, read_job_json, select_rows
+from ..records.schema import STATUS_ERROR, STATUS_OK, error_record
+from ..records.store import MetadataStore
 from ..replica.actor import Replica
 from ..replica.results import BatchResult, ReplicaSettings
-from ..records.resume import JOB_JSON, check_fingerprint, clear_outputs, fingerprint, read_job_json, select_rows
-from .scheduler import Scheduler
 from ..storage import Storage, is_uri
-from ..planning.voices import VoiceClip, load_voices
+from .cluster import connect, plan_replicas
+from .progress import Progress, format_summary
+from .scheduler import Scheduler
 from .workqueue import WorkQueue
 
 log = logging.getLogger("pipeline")

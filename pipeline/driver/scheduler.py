@@ -24,8 +24,8 @@ from ray.exceptions import ActorUnavailableError, RayTaskError
 
 from ..config import ClusterConfig
 from ..errors import PipelineError
-from .ledger import start_ledger
 from ..replica.results import BatchResult, ReplicaSettings
+from .ledger import start_ledger
 from .workqueue import Unit, WorkQueue
 
 log = logging.getLogger("pipeline")
