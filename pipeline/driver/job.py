@@ -3,33 +3,38 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import platform
 import secrets
+import sys
 import time
 from datetime import datetime, timezone
 from importlib import metadata as importlib_metadata
 from typing import Any, Optional
 
 import numpy as np
+import pyarrow.compute as pc
 
 from .. import audio as audio_io
-from .cluster import connect, plan_replicas
 from ..config import EndTagMode, JobConfig, to_job_config, to_plain
 from ..errors import PipelineError
 from ..model.hub_check import check_model_sources
-from ..records.schema import STATUS_ERROR, STATUS_OK, error_record
-from ..records.store import MetadataStore
 from ..planning.planner import JobContext, ShardPlanner
 from ..planning.scan import JobPlan, index_shard, scan_plan
+from ..planning.voices import VoiceClip, load_voices
+from ..export import FORMATS as EXPORT_FORMATS, export_job
 from ..quality.gates import check_settings as check_quality_settings, gates_on
 from ..records.error_groups import group_errors
-from .progress import Progress, format_summary
+from ..records.report import build_report
+from ..records.resume import JOB_JSON, check_fingerprint, clear_outputs, fingerprint, read_job_json, select_rows
+from ..records.schema import STATUS_ERROR, STATUS_OK, error_record
+from ..records.store import MetadataStore
 from ..replica.actor import Replica
 from ..replica.results import BatchResult, ReplicaSettings
-from ..records.resume import JOB_JSON, check_fingerprint, clear_outputs, fingerprint, read_job_json, select_rows
-from .scheduler import Scheduler
 from ..storage import Storage, is_uri
-from ..planning.voices import VoiceClip, load_voices
+from .cluster import connect, plan_replicas
+from .progress import Progress, format_summary
+from .scheduler import Scheduler
 from .workqueue import WorkQueue
 
 log = logging.getLogger("pipeline")
@@ -58,8 +63,7 @@ def package_versions() -> dict[str, Optional[str]]:
 
 def _peak_rss_mb() -> float:
     """The driver process's peak resident memory (Linux reports kB, macOS bytes)."""
-    import resource
-    import sys
+    import resource  # deferred: Unix only
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024
@@ -67,37 +71,39 @@ def _peak_rss_mb() -> float:
 
 def output_location(spec: str) -> str:
     """output.dir as the Storage root: a URI as given, a local path made absolute."""
-    import os
-
     return spec if is_uri(spec) else os.path.abspath(os.path.expanduser(spec))
 
 
-class _Job:
-    """State shared by the steps of one run."""
+class Job:
+    """One run of a job, fully built by ``prepare()`` (checks passed, plan scanned, store open,
+    job.json says running): what its steps share. Only ``scheduler`` starts empty: ``generate()``
+    starts Ray and the replicas only when some row is left to run."""
 
-    def __init__(self, cfg: JobConfig, replica_cls: type) -> None:
+    def __init__(self, cfg: JobConfig, replica_cls: type, *, storage: Storage, started: float, cpu_started: float,
+                 job_seed: int, fingerprint: dict[str, Any], runs: list[dict[str, Any]], plan: JobPlan,
+                 voice_clips: dict[str, VoiceClip], store: MetadataStore) -> None:
         self.cfg = cfg
         self.replica_cls = replica_cls
-        self.started = time.time()
-        self.cpu_started = time.process_time()
-        self.storage = Storage(output_location(cfg.output.dir))
-        self.job_dir = str(self.storage)
+        self.started = started
+        self.cpu_started = cpu_started
+        self.storage = storage
+        self.job_dir = str(storage)
+        self.job_seed = job_seed
+        self.fingerprint = fingerprint
+        self.runs = runs  # earlier runs, from job.json
+        self.plan = plan
+        self.voice_clips = voice_clips
+        self.store = store
+        self.context = JobContext.of(cfg, plan, job_seed, voice_clips)  # what replicas plan rows from
         self.model_info: dict[str, Any] = {"source": cfg.model.source, "revision": cfg.model.revision}
-        self.scheduler: Optional[Scheduler] = None
-        self.plan: Optional[JobPlan] = None
-        self.voice_clips: dict[str, VoiceClip] = {}
-        self.store: Optional[MetadataStore] = None
-        self.progress: Optional[Progress] = None
-        self.queue: Optional[WorkQueue] = None
+        self.progress = Progress(plan.total_rows, enabled=cfg.output.progress)
+        self.queue = WorkQueue([], cfg.cluster.unit_rows, cfg.cluster.max_attempts)
         self.pending: dict[str, tuple[str, int]] = {}  # key -> (shard, position), rows not yet recorded
         self.planners: dict[str, ShardPlanner] = {}  # open shards whose rows the driver records itself
-        self.context: Optional[JobContext] = None  # what replicas plan rows from (set when they start)
         self.open_rows: dict[str, int] = {}  # shard -> its rows not yet recorded (loaded shards only)
         self.next_shard = 0
         self.skipped = 0  # rows an earlier run already finished
-        self.job_seed = 0
-        self.fingerprint: dict[str, Any] = {}
-        self.runs: list[dict[str, Any]] = []  # earlier runs, from job.json
+        self.scheduler: Optional[Scheduler] = None  # set by generate() when some row is left to run
 
     # -- results ---------------------------------------------------------------------------
     def _planner(self, shard: str) -> ShardPlanner:
@@ -186,49 +192,10 @@ class _Job:
                                 "permissions or credentials, then run the same command again to resume.")
 
     # -- steps -----------------------------------------------------------------------------
-    def prepare(self) -> None:
-        """Check config and inputs, handle overwrite/resume (no row is planned yet)."""
-        cfg = self.cfg
-        try:
-            audio_io.check_format(cfg.output.format.value, cfg.output.subtype)
-        except ValueError as e:
-            raise PipelineError(f"output.subtype: {e}") from e
-        check_model_sources(cfg.model, cfg.quality)  # before any folder is made or replica started
-        from ..model.script_checks import check_long_form_settings
-
-        problem = (check_long_form_settings(cfg.generation) or check_quality_settings(cfg.quality)
-                   or check_exports(cfg.output.export))
-        if problem:
-            raise PipelineError(problem)
-        self.storage.check_writable()  # credentials, bucket, permissions: before any model loads
-        if cfg.overwrite:
-            clear_outputs(self.storage)
-        previous = read_job_json(self.storage)
-        if cfg.generation.seed is not None:
-            self.job_seed = int(cfg.generation.seed)
-        else:
-            self.job_seed = int(previous.get("job_seed") or secrets.randbits(31))
-        self.fingerprint = fingerprint(cfg, self.job_seed)
-        check_fingerprint(previous, self.fingerprint, self.job_dir)
-        self.runs = [
-            {**r, "status": "aborted", "error": "the driver stopped before the run finished"}
-            if r.get("status") == "running" else r
-            for r in previous.get("runs", [])
-        ]
-        self.plan = scan_plan(cfg)
-        self.voice_clips = load_voices(cfg.voices, int(cfg.data.prompt_max_mb * 2**20))
-        self.storage.remove_temporaries("audio")
-        self.storage.remove_temporaries("metadata")
-        self.store = MetadataStore(self.storage, self.plan, embed_audio=cfg.output.embed_audio,
-                                   flush_rows=cfg.output.flush_rows, flush_seconds=cfg.output.flush_seconds)
-        self.write_job_json("running")
-
     def generate(self) -> None:
         """Shards are planned as the queue needs rows; rows with problems become errors at once, the
         rest run on Ray replicas."""
         cfg = self.cfg
-        self.progress = Progress(self.plan.total_rows, enabled=cfg.output.progress)
-        self.queue = WorkQueue([], cfg.cluster.unit_rows, cfg.cluster.max_attempts)
         while not len(self.queue) and self._load_next_shard():
             pass  # Ray starts only when some row is left to do
         if not len(self.queue):
@@ -255,7 +222,6 @@ class _Job:
                                    job=self.context, prompt_timeout_s=cfg.data.prompt_timeout_s,
                                    prompt_max_bytes=int(cfg.data.prompt_max_mb * 2**20))
 
-        self.context = JobContext.of(cfg, self.plan, self.job_seed, self.voice_clips)
         self.scheduler = Scheduler(
             cfg=cfg.cluster, queue=self.queue, locate=self.locate, settings=settings, count=rplan.count,
             resources={"num_cpus": rplan.num_cpus, "num_gpus": rplan.num_gpus}, replica_cls=self.replica_cls,
@@ -265,8 +231,6 @@ class _Job:
 
     # -- job.json and summary --------------------------------------------------------------
     def summary(self, ended: float) -> dict[str, Any]:
-        import pyarrow.compute as pc
-
         # only the columns the summary needs, counted in Arrow: a 10-million-row job stays cheap
         table = self.store.read_all(columns=["id", "status", "error", "duration_s"])
         counts: dict[str, int] = {}
@@ -328,14 +292,56 @@ class _Job:
         self.storage.put(JOB_JSON, (json.dumps(data, indent=2, default=str) + "\n").encode())
 
 
+def prepare(cfg: JobConfig, replica_cls: type) -> Job:
+    """Check config and inputs, handle overwrite/resume, scan the inputs (no row is planned yet) and
+    open the metadata store: the run, ready to generate."""
+    started, cpu_started = time.time(), time.process_time()
+    storage = Storage(output_location(cfg.output.dir))
+    try:
+        audio_io.check_format(cfg.output.format.value, cfg.output.subtype)
+    except ValueError as e:
+        raise PipelineError(f"output.subtype: {e}") from e
+    check_model_sources(cfg.model, cfg.quality)  # before any folder is made or replica started
+    from ..model.script_checks import check_long_form_settings  # deferred: dia_model loads torch
+
+    problem = (check_long_form_settings(cfg.generation) or check_quality_settings(cfg.quality)
+               or check_exports(cfg.output.export))
+    if problem:
+        raise PipelineError(problem)
+    storage.check_writable()  # credentials, bucket, permissions: before any model loads
+    if cfg.overwrite:
+        clear_outputs(storage)
+    previous = read_job_json(storage)
+    if cfg.generation.seed is not None:
+        job_seed = int(cfg.generation.seed)
+    else:
+        job_seed = int(previous.get("job_seed") or secrets.randbits(31))
+    prints = fingerprint(cfg, job_seed)
+    check_fingerprint(previous, prints, str(storage))
+    runs = [
+        {**r, "status": "aborted", "error": "the driver stopped before the run finished"}
+        if r.get("status") == "running" else r
+        for r in previous.get("runs", [])
+    ]
+    plan = scan_plan(cfg)
+    voice_clips = load_voices(cfg.voices, int(cfg.data.prompt_max_mb * 2**20))
+    storage.remove_temporaries("audio")
+    storage.remove_temporaries("metadata")
+    store = MetadataStore(storage, plan, embed_audio=cfg.output.embed_audio,
+                          flush_rows=cfg.output.flush_rows, flush_seconds=cfg.output.flush_seconds)
+    job = Job(cfg, replica_cls, storage=storage, started=started, cpu_started=cpu_started, job_seed=job_seed,
+              fingerprint=prints, runs=runs, plan=plan, voice_clips=voice_clips, store=store)
+    job.write_job_json("running")
+    return job
+
+
 def run_job(cfg: Any, *, replica_cls: type = Replica) -> dict[str, Any]:
     """Run (or resume) one job; return its summary (also printed and saved in job.json).
 
     ``cfg``: a JobConfig or a Hydra/OmegaConf config with the same fields. ``replica_cls``: the
     actor class (a subclass of Replica, e.g. for fault-injection tests).
     """
-    job = _Job(to_job_config(cfg), replica_cls)
-    job.prepare()
+    job = prepare(to_job_config(cfg), replica_cls)
     status, error = "failed", ""
     try:
         job.generate()
@@ -350,14 +356,11 @@ def run_job(cfg: Any, *, replica_cls: type = Replica) -> dict[str, Any]:
         error = f"{type(e).__name__}: {e}"
         raise
     finally:
-        if job.progress:
-            job.progress.close()
+        job.progress.close()
         job.store.flush()
         summary = job.summary(time.time()) if status == "completed" else None
         job.write_job_json(status, summary, error)
     if job.cfg.output.report:
-        from ..records.report import build_report
-
         try:
             log.info("report: %s", build_report(str(job.storage)))
         except Exception as e:  # the job is done and recorded; a report can be rebuilt later
@@ -371,19 +374,15 @@ def run_job(cfg: Any, *, replica_cls: type = Replica) -> dict[str, Any]:
 
 def check_exports(formats: Any) -> Optional[str]:
     """What is wrong with output.export (None: fine), said before any model loads."""
-    from ..export import FORMATS
-
-    unknown = [f for f in formats or [] if f not in FORMATS]
+    unknown = [f for f in formats or [] if f not in EXPORT_FORMATS]
     if unknown:
-        return f"output.export: unknown format {unknown[0]!r}; choose from {', '.join(FORMATS)}"
+        return f"output.export: unknown format {unknown[0]!r}; choose from {', '.join(EXPORT_FORMATS)}"
     return None
 
 
 def run_exports(job: Any) -> dict[str, Any]:
     """The exports output.export asks for, into <export_dir>/<format>. The job is finished and recorded
     whatever happens here: a failed export is logged and can be run again with python -m pipeline.export."""
-    from ..export import export_job
-
     root = (job.cfg.output.export_dir or job.storage.uri("exports")).rstrip("/")
     done: dict[str, Any] = {}
     for fmt in job.cfg.output.export:

@@ -10,6 +10,7 @@ one whose units keep raising while it lives (``max_replica_failures`` in a row),
 """
 from __future__ import annotations
 
+import enum
 import logging
 import math
 import os
@@ -23,13 +24,22 @@ from ray.exceptions import ActorUnavailableError, RayTaskError
 
 from ..config import ClusterConfig
 from ..errors import PipelineError
-from .ledger import start_ledger
 from ..replica.results import BatchResult, ReplicaSettings
+from .ledger import start_ledger
 from .workqueue import Unit, WorkQueue
 
 log = logging.getLogger("pipeline")
 
-STARTING, ACTIVE, PROBING, GONE = "starting", "active", "probing", "gone"
+class SeatState(str, enum.Enum):
+    """Where a replica's seat stands (the value is what job.json says)."""
+
+    STARTING = "starting"  # the actor is being created or loading its model
+    ACTIVE = "active"  # ready: it takes units
+    PROBING = "probing"  # it died or raised; describe() tells whether it came back
+    GONE = "gone"  # given up: it gets no more units
+
+
+STARTING, ACTIVE, PROBING, GONE = SeatState.STARTING, SeatState.ACTIVE, SeatState.PROBING, SeatState.GONE
 
 
 _EXC_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)(\([^)]*\))?: ")
@@ -49,17 +59,18 @@ def error_text(e: BaseException, limit: int = 800) -> str:
 @dataclass
 class _Task:
     unit: Unit
-    slot: "_Slot"
+    seat: "_Seat"
     remaining: set[str]
 
 
 @dataclass
-class _Slot:
-    """One replica seat: its actor handle and what the driver knows about it."""
+class _Seat:
+    """A replica's seat in the pool (not an engine slot): its actor handle, which may be a restarted
+    process, and what the driver knows about it."""
 
     name: str
     handle: Any
-    state: str = STARTING
+    state: SeatState = STARTING
     probe: Any = None  # ObjectRef of a pending describe()
     probe_again_at: Optional[float] = None  # when to ask again (the actor was still restarting)
     inflight: dict[Any, _Task] = field(default_factory=dict)
@@ -143,7 +154,7 @@ class Scheduler:
         self.ledger = start_ledger()
         remote = ray.remote(replica_cls)
         env = store_env()
-        self.slots: list[_Slot] = []
+        self.seats: list[_Seat] = []
         for i in range(count):
             name = f"replica-{i}"
             handle = remote.options(
@@ -154,63 +165,63 @@ class Scheduler:
                 scheduling_strategy="SPREAD",
                 **({"runtime_env": {"env_vars": env}} if env else {}),
             ).remote(settings(name), self.ledger)
-            slot = _Slot(name, handle)
-            self._probe(slot, STARTING)
-            self.slots.append(slot)
+            seat = _Seat(name, handle)
+            self._probe(seat, STARTING)
+            self.seats.append(seat)
 
     # -- replica state -------------------------------------------------------------------------
-    def _probe(self, slot: _Slot, state: str) -> None:
-        slot.state = state
-        if slot.probe is None:
-            slot.probe = slot.handle.describe.remote()
-            slot.probe_again_at = None
+    def _probe(self, seat: _Seat, state: SeatState) -> None:
+        seat.state = state
+        if seat.probe is None:
+            seat.probe = seat.handle.describe.remote()
+            seat.probe_again_at = None
 
-    def _on_probe(self, slot: _Slot) -> None:
-        ref, slot.probe = slot.probe, None
+    def _on_probe(self, seat: _Seat) -> None:
+        ref, seat.probe = seat.probe, None
         try:
             info = ray.get(ref)
         except ActorUnavailableError:  # still restarting: ask again shortly
-            slot.probe_again_at = time.monotonic() + 0.5
+            seat.probe_again_at = time.monotonic() + 0.5
             return
         except Exception as e:  # dead for good (no restarts left), or its model did not load
-            self._give_up(slot, error_text(e))
+            self._give_up(seat, error_text(e))
             return
-        slot.state, slot.info = ACTIVE, info
-        slot.ready_at = slot.ready_at or time.time()
+        seat.state, seat.info = ACTIVE, info
+        seat.ready_at = seat.ready_at or time.time()
         if self.first_ready_at is None:
-            self.first_ready_at, self.first_ready_cpu = slot.ready_at, time.process_time()
+            self.first_ready_at, self.first_ready_cpu = seat.ready_at, time.process_time()
             self.first_ready_thread_cpu = time.thread_time()
-        if info.get("node") and (not slot.nodes or slot.nodes[-1] != info["node"]):
-            slot.nodes.append(info["node"])
-        log.info("%s ready on %s (%s)", slot.name, info.get("host"), info.get("device"))
+        if info.get("node") and (not seat.nodes or seat.nodes[-1] != info["node"]):
+            seat.nodes.append(info["node"])
+        log.info("%s ready on %s (%s)", seat.name, info.get("host"), info.get("device"))
 
-    def _give_up(self, slot: _Slot, reason: str) -> None:
-        if slot.state == GONE:
+    def _give_up(self, seat: _Seat, reason: str) -> None:
+        if seat.state == GONE:
             return
-        log.warning("%s is given up: %s", slot.name, reason)
-        self._release(slot, reason)
-        slot.state, slot.last_error, slot.probe, slot.probe_again_at = GONE, reason, None, None
+        log.warning("%s is given up: %s", seat.name, reason)
+        self._release(seat, reason)
+        seat.state, seat.last_error, seat.probe, seat.probe_again_at = GONE, reason, None, None
         try:
-            ray.kill(slot.handle, no_restart=True)
+            ray.kill(seat.handle, no_restart=True)
         except Exception:  # already dead
             pass
 
-    def _started_rows(self, slot: _Slot) -> Optional[set[str]]:
-        """The rows the slot's dead process had started (None when the ledger cannot say)."""
+    def _started_rows(self, seat: _Seat) -> Optional[set[str]]:
+        """The rows the seat's dead process had started (None when the ledger cannot say)."""
         try:
-            return set(ray.get(self.ledger.take.remote(slot.name, slot.info.get("pid")), timeout=30))
+            return set(ray.get(self.ledger.take.remote(seat.name, seat.info.get("pid")), timeout=30))
         except Exception as e:
-            log.warning("the row ledger did not answer (%s): every row %s held is charged", error_text(e), slot.name)
+            log.warning("the row ledger did not answer (%s): every row %s held is charged", error_text(e), seat.name)
             return None
 
-    def _release(self, slot: _Slot, reason: str) -> None:
-        """The slot's process is gone: every unit it held ends here. Rows it had started get one
+    def _release(self, seat: _Seat, reason: str) -> None:
+        """The seat's process is gone: every unit it held ends here. Rows it had started get one
         more attempt (or are given up); rows it never started go back to the queue uncharged."""
-        if not slot.inflight:
+        if not seat.inflight:
             return
-        started = self._started_rows(slot)
+        started = self._started_rows(seat)
         charged: list[str] = []
-        for gen, task in list(slot.inflight.items()):
+        for gen, task in list(seat.inflight.items()):
             self._drop(gen, task)
             remaining = [k for k in task.unit.keys if k in task.remaining]
             hit = remaining if started is None else [k for k in remaining if k in started]
@@ -219,10 +230,10 @@ class Scheduler:
         self._charge(charged, reason)
 
     # -- dispatch ------------------------------------------------------------------------------
-    def _take(self, slot: _Slot, rows: int) -> Optional[Unit]:
-        """The next unit for the slot, with following queued units merged in up to ``rows`` rows (a
+    def _take(self, seat: _Seat, rows: int) -> Optional[Unit]:
+        """The next unit for the seat, with following queued units merged in up to ``rows`` rows (a
         lone retry is never merged: it runs by itself)."""
-        unit = self.queue.take(replica_idle=not slot.inflight)
+        unit = self.queue.take(replica_idle=not seat.inflight)
         if unit is None or unit.exclusive:
             return unit
         keys = list(unit.keys)
@@ -235,25 +246,25 @@ class Scheduler:
 
     def _dispatch(self) -> None:
         attempts = self.queue.attempts
-        for slot in self.slots:
-            slots = int(slot.info.get("slots") or 0)
+        for seat in self.seats:
+            slots = int(seat.info.get("slots") or 0)
             rows = call_rows(slots, self.cfg.unit_rows)
             limit = units_for(slots, rows, self.cfg.units_in_flight)
-            while slot.room(limit):
-                unit = self._take(slot, rows)
+            while seat.room(limit):
+                unit = self._take(seat, rows)
                 if unit is None:
                     break
                 # the replica plans the rows itself: a unit is only where each row is
                 items = [(key, *self.locate(key)) for key in unit.keys]
                 tries = {key: attempts[key] for key in unit.keys if key in attempts}
-                gen = slot.handle.run_unit.remote(items, tries)
-                task = _Task(unit, slot, set(unit.keys))
-                slot.inflight[gen] = self.inflight[gen] = task
+                gen = seat.handle.run_unit.remote(items, tries)
+                task = _Task(unit, seat, set(unit.keys))
+                seat.inflight[gen] = self.inflight[gen] = task
 
     # -- results -------------------------------------------------------------------------------
     def _drop(self, gen: Any, task: _Task) -> None:
         self.inflight.pop(gen, None)
-        task.slot.inflight.pop(gen, None)
+        task.seat.inflight.pop(gen, None)
 
     def _charge(self, keys: list[str], reason: str) -> None:
         """Count one attempt for each row; rows at ``max_attempts`` become errors, the rest are re-queued."""
@@ -263,7 +274,7 @@ class Scheduler:
 
     def _on_generator(self, gen: Any) -> None:
         task = self.inflight[gen]
-        slot = task.slot
+        seat = task.seat
         try:
             result: BatchResult = ray.get(next(gen))
         except StopIteration:
@@ -274,45 +285,45 @@ class Scheduler:
             return
         except RayTaskError as e:  # the unit raised; the replica process lives on
             reason = error_text(e)
-            slot.unit_errors += 1
-            slot.unit_errors_in_a_row += 1
-            log.warning("%s: a unit failed with %d rows left: %s", slot.name, len(task.remaining), reason)
+            seat.unit_errors += 1
+            seat.unit_errors_in_a_row += 1
+            log.warning("%s: a unit failed with %d rows left: %s", seat.name, len(task.remaining), reason)
             self._drop(gen, task)
             self._charge(sorted(task.remaining, key=task.unit.keys.index), reason)
-            if slot.unit_errors_in_a_row >= self.cfg.max_replica_failures:
-                self._give_up(slot, f"{slot.unit_errors_in_a_row} units failed in a row; last: {reason}")
+            if seat.unit_errors_in_a_row >= self.cfg.max_replica_failures:
+                self._give_up(seat, f"{seat.unit_errors_in_a_row} units failed in a row; last: {reason}")
             return
         except Exception as e:  # the process died (or its node left): one death, whatever it held
             reason = error_text(e)
-            slot.crashes += 1
-            log.warning("%s died with %d rows in flight: %s", slot.name,
-                        sum(len(t.remaining) for t in slot.inflight.values()), reason)
-            self._release(slot, reason)
-            self._probe(slot, PROBING)  # Ray restarts it unless its restarts are used up
+            seat.crashes += 1
+            log.warning("%s died with %d rows in flight: %s", seat.name,
+                        sum(len(t.remaining) for t in seat.inflight.values()), reason)
+            self._release(seat, reason)
+            self._probe(seat, PROBING)  # Ray restarts it unless its restarts are used up
             return
-        slot.unit_errors_in_a_row = 0
+        seat.unit_errors_in_a_row = 0
         delivered = result.keys + [key for key, _ in result.fatal]
         if not task.remaining.issuperset(delivered):  # only rows this unit still owes count
             result = result.only(task.remaining)
             delivered = result.keys + [key for key, _ in result.fatal]
         task.remaining.difference_update(delivered)
-        slot.batches += 1
-        slot.generation_s += result.generation_s
-        slot.decode_s += result.decode_s
-        slot.rows_ok += result.ok
-        slot.rows_error += result.failed + result.refused
-        slot.bytes_written += result.audio_bytes
-        self.on_batch(result, slot.info)
+        seat.batches += 1
+        seat.generation_s += result.generation_s
+        seat.decode_s += result.decode_s
+        seat.rows_ok += result.ok
+        seat.rows_error += result.failed + result.refused
+        seat.bytes_written += result.audio_bytes
+        self.on_batch(result, seat.info)
 
     # -- the loop ------------------------------------------------------------------------------
     def _check_health(self) -> None:
         now = time.monotonic()
-        if any(s.state == ACTIVE for s in self.slots):
+        if any(s.state == ACTIVE for s in self.seats):
             self._no_active_since = now
             return
-        waiting = [s for s in self.slots if s.state in (STARTING, PROBING)]
+        waiting = [s for s in self.seats if s.state in (STARTING, PROBING)]
         if not waiting:
-            reasons = "; ".join(f"{s.name}: {s.last_error}" for s in self.slots if s.last_error)
+            reasons = "; ".join(f"{s.name}: {s.last_error}" for s in self.seats if s.last_error)
             left = len(self.queue)
             raise PipelineError(f"no replica is left to run the remaining {left} rows. {reasons}")
         if now - self._no_active_since > self.cfg.start_timeout_s:
@@ -326,11 +337,11 @@ class Scheduler:
         try:
             while self.feed() or len(self.queue) or self.inflight:
                 now = time.monotonic()
-                for slot in self.slots:
-                    if slot.probe_again_at is not None and slot.probe_again_at <= now:
-                        self._probe(slot, slot.state)
+                for seat in self.seats:
+                    if seat.probe_again_at is not None and seat.probe_again_at <= now:
+                        self._probe(seat, seat.state)
                 self._dispatch()
-                probes = {s.probe: s for s in self.slots if s.probe is not None}
+                probes = {s.probe: s for s in self.seats if s.probe is not None}
                 waitables = [*self.inflight, *probes]
                 if not waitables:
                     time.sleep(0.05)  # only replicas waiting to be asked again
@@ -349,7 +360,7 @@ class Scheduler:
 
     def shutdown(self) -> None:
         """Stop every replica actor and the ledger."""
-        for handle in [s.handle for s in self.slots] + [self.ledger]:
+        for handle in [s.handle for s in self.seats] + [self.ledger]:
             try:
                 ray.kill(handle, no_restart=True)
             except Exception:
@@ -359,10 +370,10 @@ class Scheduler:
     def replica_stats(self, end: float) -> dict[str, dict[str, Any]]:
         """Per replica: rows, batches, crashes, unit errors, node(s), device and busy fraction."""
         out = {}
-        for s in self.slots:
+        for s in self.seats:
             alive = (end - s.ready_at) if s.ready_at else 0.0
             out[s.name] = {
-                "state": s.state, "host": s.info.get("host"), "device": s.info.get("device"),
+                "state": s.state.value, "host": s.info.get("host"), "device": s.info.get("device"),
                 "nodes": s.nodes, "rows_ok": s.rows_ok, "rows_error": s.rows_error, "batches": s.batches,
                 "crashes": s.crashes, "unit_errors": s.unit_errors, "slots": s.info.get("slots"),
                 "generation_s": round(s.generation_s, 3), "write_s": round(s.decode_s, 3),

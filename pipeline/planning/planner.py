@@ -148,6 +148,7 @@ class JobContext:
     def planner(self, shard_name: str) -> ShardPlanner:
         """A planner for one shard of the job (reads the shard)."""
         from ..model.script_checks import script_checker  # deferred: dia_model loads torch
+
         shard, size = self.shards[shard_name]
         clips = self.voices
         return ShardPlanner(self.cfg, shard, size, self.duplicates, self.points, self.job_seed,

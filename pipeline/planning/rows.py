@@ -4,8 +4,8 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-from decimal import Decimal, InvalidOperation
 from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
 from typing import Any, Callable, Optional
 
 from ..config import GenerationConfig

@@ -29,9 +29,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..htmlsafe import fill, script_json
-from .schema import STATUS_ERROR, STATUS_OK, STATUS_REJECTED
-from .error_groups import group_errors
 from ..storage import Storage
+from .error_groups import group_errors
+from .schema import STATUS_ERROR, STATUS_OK, STATUS_REJECTED
 
 REPORT = "report.html"
 TABLE_ROWS = 2000

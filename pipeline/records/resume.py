@@ -6,9 +6,9 @@ from typing import Any, Optional
 
 from ..config import TINY_RANDOM, JobConfig, to_plain
 from ..errors import PipelineError
+from ..storage import Storage
 from .schema import STATUS_ERROR, STATUS_OK, STATUS_REJECTED
 from .store import Existing
-from ..storage import Storage
 
 JOB_JSON = "job.json"
 OUTPUT_ENTRIES = ("audio", "metadata", JOB_JSON)

@@ -10,7 +10,6 @@ import pyarrow.compute as pc
 
 from ..config import ModelConfig, QualityConfig
 
-
 OK, FAILED, REFUSED = "ok", "failed", "refused"  # how the driver counts a recorded row
 
 
