@@ -41,7 +41,6 @@ class Dia:
         self.device = device
         self.info = info
         self.codec = codec
-        self.checker = RowChecker(self.config, codec)  # the checks every row passes, in generate() and stream()
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -109,6 +108,11 @@ class Dia:
         return cls(model, dev, info, codec)
 
     # ------------------------------------------------------------------ facts
+    @property
+    def checker(self) -> RowChecker:
+        """The checks every row passes, in generate() and stream() (with the codec loaded now)."""
+        return RowChecker(self.config, self.codec)
+
     @property
     def sample_rate(self) -> int:
         return self.codec.sample_rate if self.codec is not None else 44100
@@ -192,10 +196,11 @@ class Dia:
             "prompt_transcripts": _per_row("prompt_transcripts", prompt_transcripts, n),
         }
         problems: list[str] = []
-        prompts = self.checker.prompt_codes(rows["audio_prompts"], problems)
+        checker = self.checker
+        prompts = checker.prompt_codes(rows["audio_prompts"], problems)
         requests: list[RowRequest] = []
         for i in range(n):
-            req = self.checker.row_request(i, text_list[i], prompts[i], {k: v[i] for k, v in rows.items()}, problems)
+            req = checker.row_request(i, text_list[i], prompts[i], {k: v[i] for k, v in rows.items()}, problems)
             if req is not None:
                 requests.append(req)
         if problems:
