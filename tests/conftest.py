@@ -1,12 +1,18 @@
 """Shared pytest fixtures.
 
 Pipeline fixtures (prefixed ``pipeline_``/``ray_``): a real local Ray cluster, a tiny-checkpoint
-cache folder, Hydra config composition and Parquet writing helpers.
+cache folder, Hydra config composition and Parquet writing helpers; ``s3_server``/``bucket``: a real
+S3 API server (moto) on loopback.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -92,3 +98,59 @@ def browser():
     driver = webdriver.Chrome(service=Service(driver_path), options=options)
     yield driver
     driver.quit()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """moto's S3 server on a loopback port, checking credentials (after the first three requests, which
+    make the one IAM user whose key may use S3), and the standard AWS variables pointing at it. One for
+    the whole session: boto3's default session keeps the first credentials it finds, so a second
+    server with other keys would be refused."""
+    port = _free_port()
+    env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "3"}
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.time() + 60
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            if time.time() > deadline or proc.poll() is not None:
+                proc.kill()
+                pytest.fail("moto's S3 server did not start")
+            time.sleep(0.2)
+    import boto3
+
+    endpoint = f"http://127.0.0.1:{port}"
+    iam = boto3.client("iam", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="setup",
+                       aws_secret_access_key="setup")
+    iam.create_user(UserName="pipeline")
+    key = iam.create_access_key(UserName="pipeline")["AccessKey"]
+    iam.put_user_policy(UserName="pipeline", PolicyName="s3", PolicyDocument=json.dumps(
+        {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}))
+    names = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION")
+    saved = {k: os.environ.get(k) for k in names}
+    os.environ.update(dict(zip(names, (endpoint, key["AccessKeyId"], key["SecretAccessKey"], "us-east-1"))))
+    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+    yield client
+    proc.terminate()
+    proc.wait(10)
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture
+def bucket(s3_server, request):
+    name = request.node.name.lower().replace("_", "-")[:50].strip("-")
+    s3_server.create_bucket(Bucket=name)
+    return name

@@ -220,8 +220,6 @@ def test_from_and_to_the_s3_server(job, tmp_path, s3_server, bucket):
         assert sorted(read_back(fmt, local)) == sorted(ok_rows(job))
 
 
-from test_pipeline_s3 import bucket, s3_server  # noqa: E402,F401  (the loopback S3 server fixtures)
-
 
 @pytest.fixture(scope="module")
 def aligned_job(ray_local, tmp_path_factory, pipeline_cache_dir) -> Path:
