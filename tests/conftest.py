@@ -107,11 +107,10 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def s3_server():
-    """moto's S3 server on a loopback port, checking credentials (after the first three requests, which
-    make the one IAM user whose key may use S3), and the standard AWS variables pointing at it. One for
-    the whole session: boto3's default session keeps the first credentials it finds, so a second
-    server with other keys would be refused."""
+def s3_service():
+    """moto's S3 server on a loopback port, once for the session, checking credentials (after the
+    first three requests, which make the one IAM user whose key may use S3); yields the standard AWS
+    variables that point at it."""
     port = _free_port()
     env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "3"}
     proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
@@ -135,18 +134,24 @@ def s3_server():
     key = iam.create_access_key(UserName="pipeline")["AccessKey"]
     iam.put_user_policy(UserName="pipeline", PolicyName="s3", PolicyDocument=json.dumps(
         {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}))
-    names = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION")
-    saved = {k: os.environ.get(k) for k in names}
-    os.environ.update(dict(zip(names, (endpoint, key["AccessKeyId"], key["SecretAccessKey"], "us-east-1"))))
-    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
-    yield client
+    yield {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": key["AccessKeyId"],
+           "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"], "AWS_REGION": "us-east-1"}
     proc.terminate()
     proc.wait(10)
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+
+
+@pytest.fixture
+def s3_server(s3_service, monkeypatch):
+    """A boto3 client of the session's S3 server, with the standard AWS variables pointing at it for
+    this test only (the pipeline reads them; other tests must not see them). The client gets its keys
+    explicitly: boto3's default session keeps the first credentials it ever resolved."""
+    import boto3
+
+    for name, value in s3_service.items():
+        monkeypatch.setenv(name, value)
+    return boto3.client("s3", endpoint_url=s3_service["AWS_ENDPOINT_URL"], region_name="us-east-1",
+                        aws_access_key_id=s3_service["AWS_ACCESS_KEY_ID"],
+                        aws_secret_access_key=s3_service["AWS_SECRET_ACCESS_KEY"])
 
 
 @pytest.fixture
