@@ -95,9 +95,14 @@ def browser():
         options.add_argument(flag)
     options.binary_location = chromium
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    import tempfile
+
+    profile = tempfile.mkdtemp(prefix="dia-test-chromium-")  # else Chromium leaves one in /tmp per run
+    options.add_argument(f"--user-data-dir={profile}")
     driver = webdriver.Chrome(service=Service(driver_path), options=options)
     yield driver
     driver.quit()
+    shutil.rmtree(profile, ignore_errors=True)
 
 
 def _free_port() -> int:
