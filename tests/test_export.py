@@ -28,26 +28,30 @@ HOSTILE = ("[S1] <!--<script> é 日本語 🎙 & \"quotes\". " + "This is a lon
 FORMATS = ["webdataset", "lhotse", "lhotse-shar", "nemo", "hf"]
 
 
-@pytest.fixture(scope="module")
-def job(ray_local, tmp_path_factory, pipeline_cache_dir) -> Path:
-    """One finished job: 4 plain rows, a named-voice row, a long row with hostile text, an error row."""
+def run_tiny_job(base: Path, rows: list[dict], cache: Path, *overrides: str) -> dict:
+    """A real job (tiny random model, real Ray and Parquet) of ``rows`` into ``base/job``; its summary."""
     from hydra import compose, initialize_config_dir
 
     from pipeline import run_job
 
+    data = base / "scripts.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), data)
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+        cfg = compose("config", overrides=["model=tiny-random", f"model.cache_dir={cache}", f"output.dir={base / 'job'}",
+                                           "output.progress=false", "data=parquet", f"data.input={data}",
+                                           "voices=example", "output.report=false", *overrides])
+    return run_job(cfg)
+
+
+@pytest.fixture(scope="module")
+def job(ray_local, tmp_path_factory, pipeline_cache_dir) -> Path:
+    """One finished job: 4 plain rows, a named-voice row, a long row with hostile text, an error row."""
     base = tmp_path_factory.mktemp("export-job")
     rows = [{"id": f"row{i}", "text": f"[S1] Line number {i}. [S2] Reply {i}! (laughs)", "lang": "en",
              "voice_s1": None} for i in range(4)]  # (from_pylist takes its columns from the first row)
     rows += [{"id": "voiced", "text": "[S1] My own voice. [S2] And mine.", "voice_s1": "example", "lang": "en"},
              {"id": "hostile<1>", "text": HOSTILE, "lang": "xx"}, {"id": "bad", "text": "[S9] no such tag", "lang": "en"}]
-    data = base / "scripts.parquet"
-    pq.write_table(pa.Table.from_pylist(rows), data)
-    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
-        cfg = compose("config", overrides=["model=tiny-random", f"model.cache_dir={pipeline_cache_dir}",
-                                           f"output.dir={base / 'job'}", "output.progress=false", "data=parquet",
-                                           f"data.input={data}", "generation.max_new_frames=40", "voices=example",
-                                           "output.report=false"])
-    summary = run_job(cfg)
+    summary = run_tiny_job(base, rows, pipeline_cache_dir, "generation.max_new_frames=40")
     assert summary["status_counts"] == {"ok": 6, "error": 1}, summary["status_counts"]
     return base / "job"
 
@@ -224,24 +228,14 @@ def test_from_and_to_the_s3_server(job, tmp_path, s3_server, bucket):
 @pytest.fixture(scope="module")
 def aligned_job(ray_local, tmp_path_factory, pipeline_cache_dir) -> Path:
     """A job with a (tiny random) CTC alignment model and exports at its end."""
-    from hydra import compose, initialize_config_dir
-
-    from pipeline import run_job
     from tiny_judges import tiny_asr
 
     base = tmp_path_factory.mktemp("aligned-job")
     ctc = tiny_asr(base / "ctc")
     rows = [{"id": f"a{i}", "text": f"[S1] Hello there number {i}. [S2] Oh, hi! (laughs) [S1] Bye now.",
              "voice_s1": "example" if i == 0 else None} for i in range(3)]
-    data = base / "scripts.parquet"
-    pq.write_table(pa.Table.from_pylist(rows), data)
-    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
-        cfg = compose("config", overrides=["model=tiny-random", f"model.cache_dir={pipeline_cache_dir}",
-                                           f"output.dir={base / 'job'}", "output.progress=false", "data=parquet",
-                                           f"data.input={data}", "generation.max_new_frames=80", "voices=example",
-                                           "output.report=false", f"quality.align_model={ctc}",
-                                           "output.export=[lhotse,nemo]"])
-    summary = run_job(cfg)
+    summary = run_tiny_job(base, rows, pipeline_cache_dir, "generation.max_new_frames=80",
+                           f"quality.align_model={ctc}", "output.export=[lhotse,nemo]")
     assert summary["status_counts"] == {"ok": 3}, summary["status_counts"]
     assert set(summary["exports"]) == {"lhotse", "nemo"} and summary["exports"]["nemo"]["rows"] == 3
     return base / "job"

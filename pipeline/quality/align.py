@@ -26,7 +26,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from ..errors import PipelineError
+from .judges import load_error
 
 _TAG = re.compile(r"\[S([12])\]")
 _NON_VERBAL = re.compile(r"\([^)]*\)")
@@ -190,10 +190,8 @@ class CtcAligner:
 
             self.processor = AutoProcessor.from_pretrained(source)
             self.model = AutoModelForCTC.from_pretrained(source).to(device).eval()
-        except Exception as e:
-            raise PipelineError(f"cannot load quality.align_model={source}: {type(e).__name__}: "
-                                f"{str(e).splitlines()[0] if str(e) else ''}. Give a local folder of a transformers "
-                                "CTC checkpoint (e.g. wav2vec2), or a Hub id this machine can download") from e
+        except Exception as e:  # the judges' message: what failed, and how to bring the model offline
+            raise load_error("quality.align_model", source, e) from e
         tokenizer = getattr(self.processor, "tokenizer", self.processor)
         blank = self.model.config.pad_token_id
         if blank is None:
@@ -205,9 +203,9 @@ class CtcAligner:
         """(frames x vocabulary log-probabilities, seconds per frame) of one clip."""
         import torch
 
-        from .judges import _resample
+        from .judges import resample
 
-        wave = _resample(audio, rate)
+        wave = resample(audio, rate)
         extractor = getattr(self.processor, "feature_extractor", self.processor)
         inputs = extractor(wave, sampling_rate=ALIGN_RATE, return_tensors="pt")
         with torch.inference_mode():

@@ -21,7 +21,7 @@ from .metrics import spoken_words
 JUDGE_RATE = 16000  # both kinds of model read 16 kHz audio
 
 
-def _resample(audio: np.ndarray, rate: int) -> np.ndarray:
+def resample(audio: np.ndarray, rate: int) -> np.ndarray:
     import soxr
 
     audio = np.asarray(audio, dtype=np.float32)
@@ -56,7 +56,7 @@ def error_rates(script: str, heard: str) -> tuple[Optional[float], Optional[floa
     return _edits(ref_chars, hyp_chars) / len(ref_chars), _edits(ref, hyp) / len(ref)
 
 
-def _load_error(key: str, source: str, e: BaseException) -> PipelineError:
+def load_error(key: str, source: str, e: BaseException) -> PipelineError:
     return PipelineError(
         f"cannot load {key}={source}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}. "
         f"Give a local folder, or a Hub id this machine can download (offline: on a machine with Hub access "
@@ -73,10 +73,10 @@ class AsrJudge:
 
             self.pipe = pipeline("automatic-speech-recognition", model=source, device=device)
         except Exception as e:
-            raise _load_error("quality.asr_model", source, e) from e
+            raise load_error("quality.asr_model", source, e) from e
 
     def transcribe(self, audio: np.ndarray, rate: int) -> str:
-        out = self.pipe({"raw": _resample(audio, rate), "sampling_rate": JUDGE_RATE}, chunk_length_s=30)
+        out = self.pipe({"raw": resample(audio, rate), "sampling_rate": JUDGE_RATE}, chunk_length_s=30)
         return str(out.get("text", "")).strip()
 
 
@@ -90,13 +90,13 @@ class SpeakerJudge:
             self.features = AutoFeatureExtractor.from_pretrained(source)
             self.model = AutoModelForAudioXVector.from_pretrained(source).to(device).eval()
         except Exception as e:
-            raise _load_error("quality.speaker_model", source, e) from e
+            raise load_error("quality.speaker_model", source, e) from e
         self.device = device
 
     def embed(self, audio: np.ndarray, rate: int) -> np.ndarray:
         import torch
 
-        inputs = self.features(_resample(audio, rate), sampling_rate=JUDGE_RATE, return_tensors="pt")
+        inputs = self.features(resample(audio, rate), sampling_rate=JUDGE_RATE, return_tensors="pt")
         with torch.inference_mode():
             vector = self.model(**{k: v.to(self.device) for k, v in inputs.items()}).embeddings[0]
         vector = vector.float().cpu().numpy()
