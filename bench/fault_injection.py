@@ -172,9 +172,14 @@ def driver_kills(data: Path, job: Path, cache: Path, address: str, kills: int, r
 
 
 def run(rows: int, replica_kill_count: int, driver_kill_count: int, workdir: Path,
-        cache: Optional[Path] = None, address: Optional[str] = None, min_age_s: float = 4.0) -> list[dict[str, Any]]:
-    """Both phases in ``workdir``; uses the running Ray at ``address`` or starts a local one."""
+        cache: Optional[Path] = None, address: Optional[str] = None, min_age_s: float = 4.0,
+        frames: Optional[int] = None) -> list[dict[str, Any]]:
+    """Both phases in ``workdir``; uses the running Ray at ``address`` or starts a local one.
+    ``frames``: max_new_frames of every row (default ``FRAMES``); longer rows give the kills time."""
     import ray
+
+    if frames is not None:
+        globals()["FRAMES"] = frames
 
     cache = cache or workdir / "cache"
     sys.path.insert(0, str(REPO))
