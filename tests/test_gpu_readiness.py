@@ -20,7 +20,7 @@ sys.path.insert(0, str(REPO / "bench"))
 @pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
 @pytest.mark.parametrize("t, mask_rows", [(1, 1), (3, 1), (3, None)])
 def test_folded_gqa_attention_equals_the_enable_gqa_call(dtype, tol, t, mask_rows):
-    from dia_model.nn.model import attend
+    from dia_model.nn.model import attend_folded
 
     torch.manual_seed(0)
     b, hq, hkv, s, d = 6, 16, 4, 37, 32
@@ -31,7 +31,7 @@ def test_folded_gqa_attention_equals_the_enable_gqa_call(dtype, tol, t, mask_row
         mask[..., 0] = True
     expected = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask, scale=1.0,
                                               enable_gqa=True)
-    got = attend(q, k, v, mask)
+    got = attend_folded(q, k, v, mask)
     assert got.shape == (b, hq, t, d) and got.dtype == dtype
     assert torch.allclose(got.float(), expected, atol=tol, rtol=tol), (got.float() - expected).abs().max()
 
