@@ -1,11 +1,12 @@
 """Whole-or-nothing file writes inside the job directory."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import secrets
 from pathlib import Path
-from typing import Callable
+from typing import IO, Iterator
 
 TMP_MARK = ".tmp-"
 
@@ -17,12 +18,16 @@ def temporary_name(path: Path) -> Path:
     return path.with_name(f".{name}{TMP_MARK}{os.getpid()}-{secrets.token_hex(4)}")
 
 
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp)`` to fill a temporary file beside ``path``, then rename it into place."""
+@contextlib.contextmanager
+def atomic_open(path: Path) -> Iterator[IO[bytes]]:
+    """A new binary file to fill; it replaces ``path`` (a symlink there included, never written
+    through) when the block ends without an error, and is removed otherwise. The temporary file is
+    made new (``x``), so not even a planted link at its name is followed."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temporary_name(path)
     try:
-        write(tmp)
+        with open(tmp, "xb") as f:
+            yield f
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -30,15 +35,9 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file, or the whole new one. Whatever was
-    at ``path`` (a symlink included) is replaced, never written through; the temporary file is made
-    new (``x``), so not even a planted link at its name is followed."""
-
-    def write(tmp: Path) -> None:
-        with open(tmp, "xb") as f:
-            f.write(data)
-
-    atomic_write(path, write)
+    """Write ``data`` to ``path`` so that readers see the old file, or the whole new one."""
+    with atomic_open(path) as f:
+        f.write(data)
 
 
 def remove_stale_temporaries(root: Path) -> int:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
-import os
 import re
 import shutil
 import tempfile
@@ -17,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Iterator, Optional
 
-from ..files import TMP_MARK, temporary_name
+from ..files import TMP_MARK, atomic_open
 from ..storage import Storage
 
 SPOOL_BYTES = 32 << 20
@@ -77,16 +76,8 @@ class Destination:
         """A binary file to fill; it appears at ``rel`` whole when the block ends without an error."""
         full = self.storage.path(rel)
         if self.local:
-            target = Path(full)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = temporary_name(target)
-            try:
-                with open(tmp, "xb") as f:
-                    yield f
-                os.replace(tmp, target)
-            except BaseException:
-                tmp.unlink(missing_ok=True)
-                raise
+            with atomic_open(Path(full)) as f:
+                yield f
         else:
             with tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES) as spool:
                 yield spool

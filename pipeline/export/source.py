@@ -20,6 +20,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..quality.align import Turn, script_turns, speaker_id
+from ..records.store import shard_sources
 from ..storage import Storage
 
 BATCH_ROWS = 512
@@ -97,11 +98,6 @@ class JobSource:
                 names.add(parts[2])
         return sorted(names)
 
-    def _sources(self, shard: str) -> list[str]:
-        merged = f"metadata/{shard}.parquet"
-        return ([merged] if self.storage.exists(merged) else []) + self.storage.files(f"metadata/_parts/{shard}",
-                                                                                     ".parquet")
-
     def _open(self, rel: str) -> pq.ParquetFile:
         return pq.ParquetFile(self.storage.fs.open_input_file(self.storage.path(rel)))
 
@@ -126,7 +122,7 @@ class JobSource:
     def batches(self, statuses: Optional[set[str]] = None) -> Iterator[pa.Table]:
         """The job's rows (newest record of each key), shard by shard, in batches; only ``statuses``."""
         for shard in self.shards:
-            sources = self._sources(shard)
+            sources = shard_sources(self.storage, shard)
             winners = self._winners(sources)
             for n, rel in enumerate(sources):
                 start = 0

@@ -61,6 +61,14 @@ class Existing:
     audio_path: Optional[str]
 
 
+def shard_sources(storage: Storage, shard: str) -> list[str]:
+    """A shard's metadata files, oldest first: the merged file (if any), then its parts. Where a key
+    appears more than once, the last record wins."""
+    merged = f"metadata/{shard}.parquet"
+    parts = storage.files(f"metadata/_parts/{shard}", ".parquet")
+    return ([merged] if storage.exists(merged) else []) + parts
+
+
 class MetadataStore:
     """Buffers finished rows and writes them as metadata parts; merges parts per shard at the end."""
 
@@ -81,9 +89,7 @@ class MetadataStore:
         return self.storage.files(f"metadata/_parts/{shard}", ".parquet")
 
     def _sources(self, shard: str) -> list[str]:
-        """The merged file (if any) and then the parts, oldest first."""
-        merged = f"metadata/{shard}.parquet"
-        return ([merged] if self.storage.exists(merged) else []) + self._parts(shard)
+        return shard_sources(self.storage, shard)
 
     def existing(self, shards: Optional[Iterable[str]] = None) -> dict[str, Existing]:
         """The last recorded status of every row an earlier run finished (default: in the shards
