@@ -72,7 +72,8 @@ PROMPT_SHARE = 0.10
 PROMPT_SECONDS = (2.0, 3.0)  # voice-prompt length at the nominal 3-30 s spread (scaled with --seconds)
 NOMINAL_MAX_S = 30.0
 SAMPLING = {"cfg_scale": 3.0, "temperature": 1.2, "top_p": 0.95, "top_k": 45}
-TARGETS = {"stream_over_static": 1.5, "occupancy": 0.90}  # CPU, tiny and 100m, 16 slots
+# CPU, 16 slots (issue 17): stream() over static batches, by shape; slot occupancy of seats x steps
+TARGETS = {"stream_over_static": {"tiny": 1.3, "100m": 1.0, "1.6b": 1.0}, "occupancy": 0.90}
 
 # Defaults per shape, sized so that `--shape tiny 100m` runs in about 10 minutes on 2 CPU cores. A 100m
 # step at 16 slots takes ~230 ms there (~15x tiny), so on a CPU its lengths are scaled down by 20 (same
@@ -485,10 +486,11 @@ def print_report(results: list[dict[str, Any]], args: argparse.Namespace) -> Non
         for output in ("codes", "end to end"):
             key = f"stream_over_static[{output}]"
             if key in s:
-                verdict = "met" if s[key] >= TARGETS["stream_over_static"] else "NOT met"
+                target = TARGETS["stream_over_static"][r["shape"]]
+                verdict = "met" if s[key] >= target else "NOT met"
                 by_cpu = s[f"stream_over_static_cpu_time[{output}]"]
                 print(f"  stream/static throughput, {output}: x{s[key]:.2f} by wall time   (target >= "
-                      f"x{TARGETS['stream_over_static']}: {verdict}); x{by_cpu:.2f} by process CPU time")
+                      f"x{target}: {verdict}); x{by_cpu:.2f} by process CPU time")
         if "stream_occupancy" in s:
             met = lambda v: "met" if v >= TARGETS["occupancy"] else "NOT met"  # noqa: E731
             eng = s.get("stream_engine_occupancy")
@@ -528,7 +530,8 @@ def print_report(results: list[dict[str, Any]], args: argparse.Namespace) -> Non
               + ("; OTHER PROCESSES WERE COMPETING FOR THE CPUS: wall times are inflated, compare the cpu s column"
                  if busy else ""))
     if args.device == "cpu":
-        print(f"\ntargets (CPU, tiny and 100m, 16 slots): stream >= x{TARGETS['stream_over_static']} the static "
+        t = TARGETS["stream_over_static"]
+        print(f"\ntargets (CPU, 16 slots): stream >= x{t['tiny']} (tiny) / x{t['100m']} (100m) the static "
               f"throughput in the same run; slot occupancy >= {TARGETS['occupancy']:.0%}")
 
 

@@ -238,15 +238,21 @@ class Dia:
         return results
 
     def stream(self, requests: Iterable[Request], *, slots: int | None = None, decode_audio: bool = True,
-               cuda_graphs: bool | None = None, stats: StreamStats | None = None) -> Iterator[GenerationResult]:
+               cuda_graphs: bool | None = None, stats: StreamStats | None = None,
+               lookahead: int | None = None) -> Iterator[GenerationResult]:
         """Generate ``requests`` with continuous batching, yielding each result as it finishes.
 
         A fixed number of slots decode side by side; when a request finishes, its slot takes the
         next one (encoder pass, cross-attention K/V and prompt prefill, several at once) while the
-        others keep decoding. ``requests`` is consumed lazily: a request is pulled only when a slot
-        is free for it. A request that fails the checks comes back at once as a result whose
-        ``error`` says why; the others go on. Each result equals ``generate()`` of its request
-        alone. ``slots=None``: as many as fit in free accelerator memory (at most 256), 16 on a CPU.
+        others keep decoding. ``requests`` is consumed lazily: when a slot frees up, the stream
+        pulls until ``lookahead`` requests wait beyond the free slots (None: as many as there are
+        slots), and seats the longest waiting one first (its timeline, then its script), so short
+        ones fill in around long ones and the last rows do not run alone; a request is passed over
+        at most ``lookahead`` times. ``lookahead=0`` seats them in arrival order, each pulled only
+        when a slot is free for it. A request that fails the checks comes back at once as a result
+        whose ``error`` says why; the others go on. Each result equals ``generate()`` of its request
+        alone, wherever and whenever it is seated. ``slots=None``: as many as fit in free
+        accelerator memory (at most 256), 16 on a CPU.
 
         A source that is fed while the stream runs (a server, a work queue) may yield ``None`` for
         "nothing ready yet": the busy slots keep decoding and the source is asked again next step
@@ -259,7 +265,7 @@ class Dia:
         ctx = StreamModel(self.model, self.device, self.checker, self.decode_audio if self.codec is not None else None,
                           self.sample_rate, self.frame_rate)
         return stream_requests(ctx, requests, slots=slots, decode_audio=decode_audio, cuda_graphs=cuda_graphs,
-                               stats=stats)
+                               stats=stats, lookahead=lookahead)
 
     def encode_audio(self, sources: Sequence[str | os.PathLike | bytes | np.ndarray]) -> list[np.ndarray]:
         """Audio files (paths, or a file's bytes; any rate, mono or stereo) or 44.1 kHz waveforms ->

@@ -77,6 +77,7 @@ class StreamStats:
     request (a finish is seen one step late, so a full engine stays just under 1)."""
 
     slots: int = 0
+    lookahead: int = 0  # checked requests held ready beyond the free slots (the longest is seated first)
     steps: int = 0
     slot_steps: int = 0
     busy_slot_steps: int = 0

@@ -41,7 +41,8 @@ DIA_MODEL_LAYERS: list[list[str]] = [
     ["nn.model"],
     ["nn.checkpoint"],
     ["audio.files", "audio.codec"],
-    ["engine.sampling", "engine.buckets", "engine.timeline"],
+    ["engine.sampling", "engine.buckets", "engine.timeline", "engine.waiting"],
+    ["engine.segments"],  # which runs of slots read how far (an eager step's attention)
     ["engine.step"],  # the one decode step both decode paths run
     ["engine.static", "engine.slot_state", "engine.slot_table", "engine.longform"],
     ["engine.graphs", "engine.admission"],

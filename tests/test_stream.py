@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from dia_model import Dia, DiaError, Request
+from dia_model import Dia, DiaError, Request, StreamStats
 
 from test_generate import A, B, C, GOLDEN, model, prompts  # noqa: F401  (fixtures shared with generate()'s tests)
 
@@ -55,7 +55,8 @@ def test_results_come_in_finishing_order_and_slots_are_refilled(model, prompts):
     assert first_two & {"r0", "r1", "r3"}
 
 
-def test_input_is_pulled_lazily(model, prompts):
+@pytest.mark.parametrize("lookahead", [0, None, 3])
+def test_input_is_pulled_lazily(model, prompts, lookahead):
     requests = _requests(prompts)
     pulled: list[str] = []
 
@@ -64,13 +65,46 @@ def test_input_is_pulled_lazily(model, prompts):
             pulled.append(req.id)
             yield req
 
-    stream = model.stream(producer(), slots=2, decode_audio=False)
+    stats = StreamStats()
+    stream = model.stream(producer(), slots=2, decode_audio=False, lookahead=lookahead, stats=stats)
     first = next(stream)
-    # the first result needs only the first two requests (and the one refilling the freed slot
-    # after it is handed out at the earliest)
-    assert len(pulled) <= 3 and first.id in pulled
+    # the first result needs only the first two requests plus the lookahead (None: one per slot),
+    # and the one refilling the freed slot after it is handed out at the earliest
+    held = 2 + stats.lookahead
+    assert stats.lookahead == (2 if lookahead is None else lookahead)
+    assert len(pulled) <= held + 1 and first.id in pulled
     rest = list(stream)
     assert len(pulled) == 10 and len(rest) == 9
+
+
+def test_longest_waiting_request_is_seated_first_and_none_waits_forever(model):
+    """With a lookahead, a free slot takes the longest waiting request; a short one is passed over
+    at most ``lookahead`` times; ``lookahead=0`` keeps arrival order."""
+    lengths = [3, 40, 5, 30, 4, 35, 6, 25, 7, 20]
+    requests = [Request(id=f"n{n}-{i}", text=B, max_new_frames=n, seed=i) for i, n in enumerate(lengths)]
+    pulled: list[str] = []
+
+    def producer():
+        for req in requests:
+            pulled.append(req.id)
+            yield req
+
+    order = [r.id for r in model.stream(producer(), slots=1, decode_audio=False, lookahead=2)]
+    assert sorted(order) == sorted(r.id for r in requests)
+    # one slot: the first three wait, the longest (40 frames) goes first, the short ones are overtaken
+    assert order[0] == "n40-1"
+    position = {rid: order.index(rid) for rid in order}
+    for i, rid in enumerate(r.id for r in requests):
+        # a request waits behind at most the lookahead's worth of later arrivals
+        later_before = sum(1 for other in requests[i + 1:] if position[other.id] < position[rid])
+        assert later_before <= 2, (rid, order)
+    strict = [r.id for r in model.stream(iter(requests), slots=1, decode_audio=False, lookahead=0)]
+    assert strict == [r.id for r in requests]
+
+
+def test_bad_lookahead_is_refused(model):
+    with pytest.raises(DiaError, match="lookahead"):
+        list(model.stream([Request(id="a", text=B)], slots=1, lookahead=-1))
 
 
 def test_bad_requests_come_back_as_errors_beside_good_ones(model, prompts):

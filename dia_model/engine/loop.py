@@ -30,6 +30,8 @@ from .longform import ChunkId, LongForm
 from .slot_state import SlotState, slot_bytes
 from .slot_table import Seat, SlotTable
 from .timeline import RowRequest
+from .segments import CALL_COST_BYTES
+from .waiting import WaitingRoom
 
 MEMORY_HEADROOM = 0.85  # share of free memory the slots may take (activations and the codec need the rest)
 IDLE_POLL_S = 0.005  # how often an idle stream (a source that yields None, no slot busy) asks again
@@ -148,7 +150,7 @@ class StreamRun:
     """One ``stream()`` call's state between its stages; the generator below drives it."""
 
     def __init__(self, ctx: StreamModel, requests: Iterable[Request], slots: int, stats: StreamStats,
-                 cuda_graphs: bool | None):
+                 cuda_graphs: bool | None, lookahead: int = 0):
         self.ctx = ctx
         self.stats = stats
         stats.slots = slots
@@ -159,22 +161,25 @@ class StreamRun:
                                    CPU_LENGTH_BUCKET if ctx.device.type == "cpu" else None), stats=stats)
         self.quiet = threading.Lock()  # the codec thread holds it while decoding; a graph capture waits for it
         self.step_fn, self.graphed = _step_function(self.state, cuda_graphs, self.quiet)
+        cfg = ctx.model.cfg  # an attention call's fixed cost, in row-positions of K/V read
+        item = self.state.cache.k.element_size()
+        self.call_cost = CALL_COST_BYTES / (2 * cfg.dec_kv_heads * cfg.dec_head_dim * item)
+        self.cross_call_cost = CALL_COST_BYTES / (2 * cfg.cross_heads * cfg.cross_head_dim * item)
         self.source = iter(requests)
         self.exhausted = False  # the source has ended
         self.follow_ups: deque[Request] = deque()  # long form: the next chunk of a script whose chunk just finished
+        self.waiting: WaitingRoom[Admission] = WaitingRoom(lookahead)  # checked requests not seated yet
+        stats.lookahead = lookahead
         self.long_runs = 0  # long-form scripts under way
 
     @property
     def done(self) -> bool:
         """Nothing seated, nothing left to pull."""
-        return self.exhausted and not self.follow_ups and not self.table.occupied()
+        return self.exhausted and not self.follow_ups and not self.waiting and not self.table.occupied()
 
     # ------------------------------------------------------------------ 1. pull, check, admit
     def _pull(self) -> Request | None:
-        """The next request for a free slot: a started long script's next chunk first (it holds finished
-        chunks), then the source; None when there is none now (the source ended, or yielded None)."""
-        if self.follow_ups:
-            return self.follow_ups.popleft()
+        """The source's next request; None when there is none now (it ended, or yielded None)."""
         if self.exhausted:
             return None
         try:
@@ -206,14 +211,39 @@ class StreamRun:
         return Admission(-1, req, row, tagged), None
 
     def admit(self) -> Iterator[GenerationResult]:
-        """Fill the free slots with the next requests, pulled only now; yields the error results of
-        requests refused on the way."""
+        """Fill the free slots: a long script's next chunk first, then the waiting room's longest
+        (topped up from the source to the free slots plus the lookahead, pulled only now); yields
+        the error results of requests refused on the way."""
         free = self.table.free()
+        if not free:
+            return
+        yield from self._fill_waiting_room(len(free) + self.waiting.limit)
         admitted: list[Admission] = []
         while len(admitted) < len(free):
-            req = self._pull()
-            if req is None:  # the source ended, or has nothing ready yet: keep decoding, ask again next step
+            if self.follow_ups:
+                ready, error = self._check(self.follow_ups.popleft())
+                if error is not None:
+                    yield error
+                    continue
+                assert ready is not None
+            elif self.waiting:
+                ready = self.waiting.take()
+            else:  # the source ended, or has nothing ready yet: keep decoding, ask again next step
                 break
+            admitted.append(ready._replace(slot=free[len(admitted)]))
+        if admitted:
+            self.stats.admissions += 1
+            self.state.admit([a.slot for a in admitted], [a.row for a in admitted])
+            for a in admitted:
+                prompt = a.row.prompt_frames
+                self.table.seat(a.slot, Seat(a.request.id, a.row, prompt, prompt, end_tag_applied=a.end_tag_applied))
+
+    def _fill_waiting_room(self, size: int) -> Iterator[GenerationResult]:
+        """Pull and check source requests until ``size`` wait (or the source ends or has none now)."""
+        while len(self.waiting) < size:
+            req = self._pull()
+            if req is None:
+                return
             if not isinstance(req, Request):
                 yield self._error_result(req, f"expected a dia_model.Request, got {type(req).__name__}")
                 continue
@@ -228,19 +258,18 @@ class StreamRun:
                 yield error
                 continue
             assert ready is not None
-            admitted.append(ready._replace(slot=free[len(admitted)]))
-        if admitted:
-            self.stats.admissions += 1
-            self.state.admit([a.slot for a in admitted], [a.row for a in admitted])
-            for a in admitted:
-                prompt = a.row.prompt_frames
-                self.table.seat(a.slot, Seat(a.request.id, a.row, prompt, prompt, end_tag_applied=a.end_tag_applied))
+            self.waiting.add(ready, ready.row.max_tokens(self.ctx.model.cfg), len(ready.row.script))
 
     # ------------------------------------------------------------------ 2. step
     def step(self) -> None:
         """One step for every slot; the finished flags travel to the host meanwhile."""
         k_max = k_bound(self.table.top_k_bound(), self.ctx.device, self.ctx.model.cfg.audio_vocab)
-        self.table.post(self.step_fn(self.table.attention_length(), k_max))
+        length = self.table.attention_length()
+        if self.graphed is None and self.ctx.device.type == "cpu":  # eager: each run of slots reads its own length
+            self.table.post(self.state.step(length, k_max, self.table.attention_segments(self.call_cost),
+                                            self.table.cross_segments(self.state.text_capacity, self.cross_call_cost)))
+        else:
+            self.table.post(self.step_fn(length, k_max))
         self.table.advanced()
 
     # ------------------------------------------------------------------ 3. finished slots
@@ -266,7 +295,7 @@ class StreamRun:
     def compact_tail(self) -> None:
         """On a CPU, once nothing more can arrive, drop the free slots: the tail's steps get cheaper
         (compute grows with rows there; on CUDA a captured graph keeps its shape instead)."""
-        if (self.exhausted and not self.long_runs and self.ctx.device.type == "cpu"
+        if (self.exhausted and not self.long_runs and not self.waiting and self.ctx.device.type == "cpu"
                 and 0 < self.table.occupied() < self.table.n):
             self.state.compact(self.table.compact(), self.table.attention_length())
             self.stats.compactions += 1
@@ -293,10 +322,15 @@ class StreamRun:
 
 
 def stream_requests(ctx: StreamModel, requests: Iterable[Request], *, slots: int | None, decode_audio: bool,
-                    cuda_graphs: bool | None = None, stats: StreamStats | None = None) -> Iterator[GenerationResult]:
+                    cuda_graphs: bool | None = None, stats: StreamStats | None = None,
+                    lookahead: int | None = None) -> Iterator[GenerationResult]:
     """The generator behind :meth:`Dia.stream` (see there)."""
     n = choose_slots(ctx.model, ctx.device, slots)
-    run = StreamRun(ctx, requests, n, stats if stats is not None else StreamStats(), cuda_graphs)
+    if lookahead is None:
+        lookahead = n
+    elif not isinstance(lookahead, int) or isinstance(lookahead, bool) or lookahead < 0:
+        raise DiaError(f"lookahead must be a non-negative integer or None, got {lookahead!r}")
+    run = StreamRun(ctx, requests, n, stats if stats is not None else StreamStats(), cuda_graphs, lookahead)
     codec = CodecThread(ctx.decode_audio, ctx.device, run.stats, run.quiet) if decode_audio and ctx.decode_audio else None
     try:
         while True:

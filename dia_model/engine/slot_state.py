@@ -20,6 +20,7 @@ from torch import Tensor
 from ..nn.model import DiaModel, KVCache, cache_dtype
 from ..text import text_batch
 from .buckets import TEXT_BUCKET, round_up
+from .segments import Segments
 
 ADMIT_GROUP = 16  # requests admitted together at most on an accelerator (bounds admission's transient memory)
 from .sampling import RowSampling
@@ -187,10 +188,13 @@ class SlotState:
 
     # ------------------------------------------------------------------ the step
     @torch.inference_mode()
-    def step(self, length: int, k_max: int) -> Tensor:
+    def step(self, length: int, k_max: int, segments: Segments | None = None,
+             cross_segments: Segments | None = None) -> Tensor:
         """Advance every live slot by one frame; -> bool [n], True for slots that finished in this step.
 
         ``length`` (> every live position) bounds the self-attention read; ``k_max`` bounds top-k.
+        ``segments`` / ``cross_segments`` (eager steps only): runs of cache rows, each reading its own
+        self-attention length / script width instead (``segments.py``).
         Free and finished slots ride along at position 0 and change nothing of their own state.
         Every piece of state is updated in place and nothing asks the host a question, so the step
         can be captured once as a CUDA graph and replayed (``graphs.GraphedStep``).
@@ -200,7 +204,7 @@ class SlotState:
         position = torch.where(live, t, 0)
         frame = _paired(torch.where(live[:, None], self.timeline[slot, position], 0))
         logits = self.model.decoder.step(frame, _paired(position), self.cache, self.cross_kv, self.cross_mask,
-                                         length)
+                                         length, segments, cross_segments)
         cur = position + 1  # the timeline cell being predicted
         out = self.decode(logits.view(n, 2, cfg.channels, cfg.audio_vocab), self.sampling, k_max, position,
                           self.timeline[slot, cur], self.countdown, self.max_tokens, live)

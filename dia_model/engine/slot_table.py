@@ -15,7 +15,8 @@ from typing import Any, Optional
 import torch
 
 from ..types import StreamStats
-from .buckets import LENGTH_BUCKET, round_up
+from .buckets import LENGTH_BUCKET, TEXT_BUCKET, round_up
+from .segments import attention_segments, cross_segments
 from .timeline import RowRequest
 
 
@@ -63,9 +64,11 @@ class SlotTable:
 
     def compact(self) -> list[int]:
         """Drop the free slots (their flags must all have been collected); -> the kept old slot
-        numbers, in their new order."""
+        numbers, in their new order: furthest position first, so that runs of neighbouring slots
+        read similar lengths (``attention_segments``)."""
         assert not self._in_flight, "collect the finished flags before compacting"
-        keep = [s for s, seat in enumerate(self.seats) if seat is not None]
+        keep = sorted((s for s, seat in enumerate(self.seats) if seat is not None),
+                      key=lambda s: -self.seats[s].position)  # type: ignore[union-attr]
         self.seats = [self.seats[s] for s in keep]
         self.n = len(keep)
         return keep
@@ -75,6 +78,17 @@ class SlotTable:
         """How much of the cache this step reads: past the furthest live position, in buckets."""
         furthest = max((s.position for s in self.seats if s is not None), default=0)
         return min(self.capacity, round_up(furthest + 2, self.length_bucket))
+
+    def attention_segments(self, call_cost: float) -> list[tuple[int, int, int]]:
+        """The eager step's self-attention split by runs of slots, each reading to its own furthest
+        position (``segments.attention_segments``)."""
+        positions = [0 if s is None else s.position for s in self.seats]
+        return attention_segments(positions, self.length_bucket, self.capacity, call_cost)
+
+    def cross_segments(self, text_capacity: int, call_cost: float) -> list[tuple[int, int, int]]:
+        """The eager step's cross-attention split by runs of slots, each reading its longest script."""
+        scripts = [0 if s is None else len(s.row.script) for s in self.seats]
+        return cross_segments(scripts, TEXT_BUCKET, text_capacity, call_cost)
 
     def top_k_bound(self) -> int:
         return max((s.row.top_k for s in self.seats if s is not None), default=1)

@@ -186,12 +186,19 @@ class CrossAttention(nn.Module):
             k = rope(k, torch.arange(s, device=enc.device))
         return k.transpose(1, 2), v.transpose(1, 2)
 
-    def forward(self, x: Tensor, k: Tensor, v: Tensor, mask: Tensor, rope: Rope | None, positions: Tensor) -> Tensor:
+    def forward(self, x: Tensor, k: Tensor, v: Tensor, mask: Tensor, rope: Rope | None, positions: Tensor,
+                segments: list[tuple[int, int, int]] | None = None) -> Tensor:
+        """``segments``: ``(first_row, end_row, width)`` runs, each attending to its first ``width`` keys."""
         b, t, _ = x.shape
         q = self.q(x).view(b, t, self.heads, self.head_dim)
         if rope is not None:
             q = rope(q, positions)
-        y = attend(q.transpose(1, 2), k, v, mask)
+        q = q.transpose(1, 2)
+        if segments is None or len(segments) == 1:
+            w = segments[0][2] if segments else k.shape[2]
+            y = attend(q, k[:, :, :w], v[:, :, :w], mask[..., :w])
+        else:
+            y = torch.cat([attend(q[a:e], k[a:e, :, :w], v[a:e, :, :w], mask[a:e, ..., :w]) for a, e, w in segments])
         return self.out(y.transpose(1, 2).reshape(b, t, self.heads * self.head_dim))
 
 
@@ -309,12 +316,16 @@ class Decoder(nn.Module):
 
 
     def step(self, frames: Tensor, positions: Tensor, cache: KVCache, cross_kv: list[tuple[Tensor, Tensor]],
-             cross_mask: Tensor, length: int) -> Tensor:
+             cross_mask: Tensor, length: int, segments: list[tuple[int, int, int]] | None = None,
+             cross_segments: list[tuple[int, int, int]] | None = None) -> Tensor:
         """One frame per row, each row at its own timeline position (the slot engine's decode step).
 
         frames [B, C] codes at ``positions`` [B]; writes each row's keys/values at its position and
         attends to its own positions 0..position only, reading the first ``length`` cache slots
-        (``length`` > every position). -> logits [B, C, V] fp32.
+        (``length`` > every position). ``segments`` ``(first_row, end_row, length)`` covering the rows
+        in order: each run reads only its own length (one attention call each; eager steps only);
+        ``cross_segments`` likewise for cross-attention (each run its own script width).
+        -> logits [B, C, V] fp32.
         """
         b = frames.shape[0]
         rows = torch.arange(b, device=frames.device)
@@ -326,10 +337,16 @@ class Decoder(nn.Module):
             q, k, v = layer.self_attn.project(layer.self_attn_norm(x), self.rope, pos, tables)
             cache.k[i, rows, :, positions] = k[:, :, 0].to(cache.k.dtype)
             cache.v[i, rows, :, positions] = v[:, :, 0].to(cache.v.dtype)
-            y = attend(q, cache.k[i, :, :, :length], cache.v[i, :, :, :length], mask=visible)
+            if segments is None or len(segments) == 1:
+                n = segments[0][2] if segments else length
+                y = attend(q, cache.k[i, :, :, :n], cache.v[i, :, :, :n], mask=visible[..., :n])
+            else:
+                y = torch.cat([attend(q[a:e], cache.k[i, a:e, :, :n], cache.v[i, a:e, :, :n],
+                                      mask=visible[a:e, ..., :n]) for a, e, n in segments])
             x = x + layer.self_attn.merge(y)
             ck, cv = cross_kv[i]
-            x = x + layer.cross_attn(layer.cross_attn_norm(x), ck, cv, cross_mask, self.cross_rope, pos)
+            x = x + layer.cross_attn(layer.cross_attn_norm(x), ck, cv, cross_mask, self.cross_rope, pos,
+                                     cross_segments)
             x = x + layer.mlp(layer.mlp_norm(x))
         logits = self.head(self.norm(x)).float()
         return logits.view(b, self.cfg.channels, self.cfg.audio_vocab)
