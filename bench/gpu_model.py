@@ -141,9 +141,14 @@ def build(slots: int, shape: str, dtype: torch.dtype):
     from dia_model.engine.slot_state import SlotState
     from dia_model.nn.model import DiaModel
 
+    from dia_model.nn.model import RMSNorm
+
     cfg = SHAPES[shape]
     with torch.device("meta"):
         model = DiaModel(cfg).to(dtype)
+        for module in model.modules():  # as the checkpoint loader keeps them: norm weights in fp32
+            if isinstance(module, RMSNorm):
+                module.weight.data = module.weight.data.float()
     return cfg, SlotState(model, slots, torch.device("meta"))
 
 

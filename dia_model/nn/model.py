@@ -32,13 +32,18 @@ class RMSNorm(nn.Module):
 
 
 class Rope(nn.Module):
-    """Rotate-half rotary embedding with the reference's fp32 timescales."""
+    """Rotate-half rotary embedding with the reference's fp32 timescales.
+
+    The tables are kept whole-width, ``cos|cos`` and ``-sin|sin``, so a rotation is
+    ``x * cos + swap_halves(x) * sin``: 2 multiplies, an add and a concat instead of 4 multiplies,
+    a subtract, an add and a concat, bit for bit the same values (``a*c - b*s == a*c + b*(-s)`` in
+    IEEE arithmetic); a decode step launches ~6 kernels fewer per layer on a GPU."""
 
     def __init__(self, head_dim: int, theta: float, max_positions: int):
         super().__init__()
         self.head_dim, self.theta, self.max_positions = head_dim, theta, max_positions
-        self.register_buffer("cos", torch.empty(max_positions, head_dim // 2), persistent=False)
-        self.register_buffer("sin", torch.empty(max_positions, head_dim // 2), persistent=False)
+        self.register_buffer("cos", torch.empty(max_positions, head_dim), persistent=False)
+        self.register_buffer("sin", torch.empty(max_positions, head_dim), persistent=False)
         self.reset(self.cos.device)
 
     def reset(self, device: torch.device) -> None:
@@ -48,17 +53,19 @@ class Rope(nn.Module):
         fraction = 2.0 * torch.arange(self.head_dim // 2, dtype=torch.float32, device=device) / self.head_dim
         timescale = self.theta**fraction
         angles = torch.arange(self.max_positions, dtype=torch.float32, device=device)[:, None] / timescale[None, :]
-        self.cos, self.sin = angles.cos(), angles.sin()
+        cos, sin = angles.cos(), angles.sin()
+        self.cos, self.sin = torch.cat((cos, cos), dim=-1), torch.cat((-sin, sin), dim=-1)
 
     def tables(self, positions: Tensor) -> tuple[Tensor, Tensor]:
-        """(cos, sin) at ``positions`` ([T], or [B, T]), shaped to rotate [B, T, heads, head_dim]; a
-        step that rotates several tensors at the same positions looks them up once."""
+        """(cos, signed sin) at ``positions`` ([T], or [B, T]), shaped to rotate [B, T, heads, head_dim];
+        a step that rotates several tensors at the same positions looks them up once."""
         return self.cos[positions].unsqueeze(-2), self.sin[positions].unsqueeze(-2)
 
     @staticmethod
     def rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-        a, b = x.float().chunk(2, dim=-1)
-        return torch.cat((a * cos - b * sin, b * cos + a * sin), dim=-1).to(x.dtype)
+        xf = x.float()
+        a, b = xf.chunk(2, dim=-1)
+        return (xf * cos + torch.cat((b, a), dim=-1) * sin).to(x.dtype)
 
     def forward(self, x: Tensor, positions: Tensor) -> Tensor:
         """x: [B, T, heads, head_dim]; positions: [T] shared by the rows, or [B, T] per row (int)."""
@@ -160,10 +167,11 @@ class SelfAttention(nn.Module):
         b, t, _ = x.shape
         d = self.head_dim
         cos, sin = tables if tables is not None else rope.tables(positions)
-        q, k, v = self.qkv(x).split([self.heads * d, self.kv_heads * d, self.kv_heads * d], dim=-1)
-        q = rope.rotate(q.view(b, t, self.heads, d), cos, sin).transpose(1, 2)
-        k = rope.rotate(k.view(b, t, self.kv_heads, d), cos, sin).transpose(1, 2)
-        return q, k, v.view(b, t, self.kv_heads, d).transpose(1, 2)
+        qk, v = self.qkv(x).split([(self.heads + self.kv_heads) * d, self.kv_heads * d], dim=-1)
+        # q and k sit side by side in the projection: one rotation for both
+        qk = rope.rotate(qk.view(b, t, self.heads + self.kv_heads, d), cos, sin)
+        q, k = qk.split([self.heads, self.kv_heads], dim=2)
+        return q.transpose(1, 2), k.transpose(1, 2), v.view(b, t, self.kv_heads, d).transpose(1, 2)
 
     def merge(self, y: Tensor) -> Tensor:
         b, _, t, _ = y.shape
