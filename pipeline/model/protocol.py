@@ -43,7 +43,7 @@ class SpeechModel(Protocol):
         ...
 
     def stream(self, requests: Iterable[Any], *, slots: int | None = None, decode_audio: bool = True,
-               stats: Any = None) -> Iterator[GenerationResult]:
+               stats: Any = None, lookahead: int | None = None) -> Iterator[GenerationResult]:
         """Results of ``requests`` as each finishes (a ``None`` request: nothing ready yet); ``stats``
         gets ``slots`` and ``lookahead`` (how many requests it holds beyond its slots) as it starts."""
         ...

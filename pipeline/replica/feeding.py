@@ -100,8 +100,11 @@ class EngineFeeder:
         while True:
             stats = self._stats = StreamStats()
             try:
+                # lookahead=0: the engine takes a row only for a free slot. Every row it has taken is
+                # in the ledger as begun, and a replica's death charges each of them an attempt; rows
+                # waiting inside the engine would be charged for a crash they had no part in.
                 stream = self.model.stream(self.requests(), slots=self.settings.slots, decode_audio=True,
-                                           stats=stats)
+                                           stats=stats, lookahead=0)
                 for res in stream:
                     with self._lock:
                         p = self._seated.pop(res.id, None)
