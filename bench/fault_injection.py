@@ -63,13 +63,13 @@ def write_rows(path: Path, n: int) -> None:
     pq.write_table(pa.Table.from_pylist(rows), path)
 
 
-FRAMES = 40  # max_new_frames of every row (set by --frames): longer rows make a longer job
+FRAMES = 40  # max_new_frames of every row by default (--frames): longer rows make a longer job
 
 
-def driver_cmd(data: Path, job: Path, cache: Path, address: str, extra: list[str]) -> list[str]:
+def driver_cmd(data: Path, job: Path, cache: Path, address: str, extra: list[str], frames: int = FRAMES) -> list[str]:
     return [sys.executable, "-m", "pipeline", "model=tiny-random", f"model.cache_dir={cache}",
             "data=parquet", f"data.input={data}", f"output.dir={job}", "output.progress=false",
-            f"cluster.address={address}", f"generation.max_new_frames={FRAMES}", *extra]
+            f"cluster.address={address}", f"generation.max_new_frames={frames}", *extra]
 
 
 def check_job(job: Path, rows: int) -> dict[str, Any]:
@@ -99,12 +99,12 @@ def check_job(job: Path, rows: int) -> dict[str, Any]:
 
 
 def replica_kills(data: Path, job: Path, cache: Path, address: str, kills: int, rows: int,
-                  seed: int = 0, min_age_s: float = 4.0) -> dict[str, Any]:
+                  seed: int = 0, min_age_s: float = 4.0, frames: int = FRAMES) -> dict[str, Any]:
     """Phase A: one job, ``kills`` random replica SIGKILLs while it runs, each at a replica process
     that has been up ``min_age_s`` (so it had its model loaded and rows in hand)."""
     rng = random.Random(seed)
     cmd = driver_cmd(data, job, cache, address, ["cluster.replicas=2", "generation.batch_size=4",
-                                                 "cluster.unit_rows=8", "output.flush_rows=4"])
+                                                 "cluster.unit_rows=8", "output.flush_rows=4"], frames)
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
     start = time.time()
     driver = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -142,10 +142,11 @@ def replica_kills(data: Path, job: Path, cache: Path, address: str, kills: int, 
     return result
 
 
-def driver_kills(data: Path, job: Path, cache: Path, address: str, kills: int, rows: int) -> dict[str, Any]:
+def driver_kills(data: Path, job: Path, cache: Path, address: str, kills: int, rows: int,
+                 frames: int = FRAMES) -> dict[str, Any]:
     """Phase B: the driver is SIGKILLed ``kills`` times mid-job, then the same command resumes to the end."""
     cmd = driver_cmd(data, job, cache, address, ["cluster.replicas=2", "generation.batch_size=2",
-                                                 "cluster.unit_rows=2", "output.flush_rows=2"])
+                                                 "cluster.unit_rows=2", "output.flush_rows=2"], frames)
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
     start = time.time()
     done = 0
@@ -173,13 +174,10 @@ def driver_kills(data: Path, job: Path, cache: Path, address: str, kills: int, r
 
 def run(rows: int, replica_kill_count: int, driver_kill_count: int, workdir: Path,
         cache: Optional[Path] = None, address: Optional[str] = None, min_age_s: float = 4.0,
-        frames: Optional[int] = None) -> list[dict[str, Any]]:
+        frames: int = FRAMES) -> list[dict[str, Any]]:
     """Both phases in ``workdir``; uses the running Ray at ``address`` or starts a local one.
-    ``frames``: max_new_frames of every row (default ``FRAMES``); longer rows give the kills time."""
+    ``frames``: max_new_frames of every row; longer rows give the kills time."""
     import ray
-
-    if frames is not None:
-        globals()["FRAMES"] = frames
 
     cache = cache or workdir / "cache"
     sys.path.insert(0, str(REPO))
@@ -195,9 +193,9 @@ def run(rows: int, replica_kill_count: int, driver_kill_count: int, workdir: Pat
         address, started = ray.get_runtime_context().gcs_address, True
     try:
         results = [replica_kills(data, workdir / "job-a", cache, address, replica_kill_count, rows,
-                                 min_age_s=min_age_s)]
+                                 min_age_s=min_age_s, frames=frames)]
         if driver_kill_count:
-            results.append(driver_kills(data, workdir / "job-b", cache, address, driver_kill_count, rows))
+            results.append(driver_kills(data, workdir / "job-b", cache, address, driver_kill_count, rows, frames))
     finally:
         if started:
             ray.shutdown()
@@ -215,9 +213,8 @@ def main() -> None:
     ap.add_argument("--driver-kills", type=int, default=2)
     ap.add_argument("--frames", type=int, default=FRAMES, help="max_new_frames of every row")
     args = ap.parse_args()
-    globals()["FRAMES"] = args.frames
     with tempfile.TemporaryDirectory(prefix="fault-injection-") as tmp:
-        results = run(args.rows, args.replica_kills, args.driver_kills, Path(tmp))
+        results = run(args.rows, args.replica_kills, args.driver_kills, Path(tmp), frames=args.frames)
     print(f"fault injection, model=tiny-random, 2 replicas; CPU: {os.cpu_count()} cores")
     print(" | ".join(f"{c:>16}" for c in COLUMNS))
     for r in results:
