@@ -265,7 +265,7 @@ class StreamRun:
         """One step for every slot; the finished flags travel to the host meanwhile."""
         k_max = k_bound(self.table.top_k_bound(), self.ctx.device, self.ctx.model.cfg.audio_vocab)
         length = self.table.attention_length()
-        if self.graphed is None and self.ctx.device.type == "cpu":  # eager: each run of slots reads its own length
+        if self.ctx.device.type == "cpu":  # eager steps: each run of slots reads its own length
             self.table.post(self.state.step(length, k_max, self.table.attention_segments(self.call_cost),
                                             self.table.cross_segments(self.state.text_capacity, self.cross_call_cost)))
         else:

@@ -19,7 +19,7 @@ CALL_COST_BYTES = 1 << 20  # an attention call's fixed cost on a CPU, as cache b
 # of a row is 2 x kv_heads x head_dim x 4 bytes); the best of 0.25-4 MiB measured on tiny and 100m shapes
 
 
-def plan_runs(need: list[int], call_cost: float) -> list[tuple[int, int, int]]:
+def plan_runs(need: list[int], call_cost: float) -> Segments:
     """``need[s]``: how far slot s must read -> runs ``(first_row, end_row, length)`` over cache rows
     (two per slot: unconditional and conditional) covering every row in order, ``length`` the
     run's largest need, minimising calls x ``call_cost`` + row-positions read."""
@@ -42,15 +42,13 @@ def plan_runs(need: list[int], call_cost: float) -> list[tuple[int, int, int]]:
     return runs[::-1]
 
 
-def attention_segments(positions: list[int], length_bucket: int, capacity: int,
-                       call_cost: float) -> list[tuple[int, int, int]]:
+def attention_segments(positions: list[int], length_bucket: int, capacity: int, call_cost: float) -> Segments:
     """Self-attention runs: ``positions[s]`` slot s's input position (0 for a free slot); each run
     reads past its furthest position, in ``length_bucket`` multiples, at most ``capacity``."""
     return plan_runs([min(capacity, round_up(p + 2, length_bucket)) for p in positions], call_cost)
 
 
-def cross_segments(script_bytes: list[int], text_bucket: int, capacity: int,
-                   call_cost: float) -> list[tuple[int, int, int]]:
+def cross_segments(script_bytes: list[int], text_bucket: int, capacity: int, call_cost: float) -> Segments:
     """Cross-attention runs: ``script_bytes[s]`` the length of slot s's script (0 for a free slot,
     whose row attends to key 0); each run reads its longest script, in ``text_bucket`` multiples."""
     return plan_runs([min(capacity, round_up(max(1, b), text_bucket)) for b in script_bytes], call_cost)

@@ -16,7 +16,7 @@ import torch
 
 from ..types import StreamStats
 from .buckets import LENGTH_BUCKET, TEXT_BUCKET, round_up
-from .segments import attention_segments, cross_segments
+from .segments import Segments, attention_segments, cross_segments
 from .timeline import RowRequest
 
 
@@ -42,6 +42,7 @@ class SlotTable:
         self.seats: list[Optional[Seat]] = [None] * n
         self._pinned = device.type == "cuda"
         self._in_flight: list[tuple[torch.Tensor, Any]] = []  # (host copy, event) of a step's flags
+        self._cross_runs: Optional[tuple[int, Segments]] = None  # (text capacity, runs) until the seats change
         # counts steps, slot_steps (slots computed, fewer after a compaction) and busy_slot_steps
         # (those holding a request): the stream's StreamStats, or one of its own
         self.stats = stats if stats is not None else StreamStats()
@@ -56,10 +57,12 @@ class SlotTable:
     def seat(self, slot: int, seat: Seat) -> None:
         assert self.seats[slot] is None, f"slot {slot} is taken"
         self.seats[slot] = seat
+        self._cross_runs = None
 
     def release(self, slot: int) -> Seat:
         seat, self.seats[slot] = self.seats[slot], None
         assert seat is not None
+        self._cross_runs = None
         return seat
 
     def compact(self) -> list[int]:
@@ -71,6 +74,7 @@ class SlotTable:
                       key=lambda s: -self.seats[s].position)  # type: ignore[union-attr]
         self.seats = [self.seats[s] for s in keep]
         self.n = len(keep)
+        self._cross_runs = None
         return keep
 
     # ------------------------------------------------------------------ per-step figures
@@ -79,16 +83,19 @@ class SlotTable:
         furthest = max((s.position for s in self.seats if s is not None), default=0)
         return min(self.capacity, round_up(furthest + 2, self.length_bucket))
 
-    def attention_segments(self, call_cost: float) -> list[tuple[int, int, int]]:
+    def attention_segments(self, call_cost: float) -> Segments:
         """The eager step's self-attention split by runs of slots, each reading to its own furthest
         position (``segments.attention_segments``)."""
         positions = [0 if s is None else s.position for s in self.seats]
         return attention_segments(positions, self.length_bucket, self.capacity, call_cost)
 
-    def cross_segments(self, text_capacity: int, call_cost: float) -> list[tuple[int, int, int]]:
-        """The eager step's cross-attention split by runs of slots, each reading its longest script."""
-        scripts = [0 if s is None else len(s.row.script) for s in self.seats]
-        return cross_segments(scripts, TEXT_BUCKET, text_capacity, call_cost)
+    def cross_segments(self, text_capacity: int, call_cost: float) -> Segments:
+        """The eager step's cross-attention split by runs of slots, each reading its longest script
+        (planned again only when a seat or the cache's width changes)."""
+        if self._cross_runs is None or self._cross_runs[0] != text_capacity:
+            scripts = [0 if s is None else len(s.row.script) for s in self.seats]
+            self._cross_runs = (text_capacity, cross_segments(scripts, TEXT_BUCKET, text_capacity, call_cost))
+        return self._cross_runs[1]
 
     def top_k_bound(self) -> int:
         return max((s.row.top_k for s in self.seats if s is not None), default=1)

@@ -57,10 +57,5 @@ class WaitingRoom(Generic[T]):
             earlier.passed += 1
         return self._items.pop(chosen).item
 
-    def drain(self) -> list[T]:
-        """Every waiting request, in arrival order (the room is empty after)."""
-        items, self._items = [w.item for w in self._items], []
-        return items
-
 
 __all__ = ["WaitingRoom"]

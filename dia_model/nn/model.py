@@ -116,6 +116,16 @@ def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, causal: 
     return _sdpa(q, k, v, mask, causal, hq != hkv)
 
 
+def attend_in_runs(q: Tensor, k: Tensor, v: Tensor, mask: Tensor,
+                   runs: list[tuple[int, int, int]] | None) -> Tensor:
+    """``attend`` over runs of rows ``(first_row, end_row, n)`` covering the batch in order, each run
+    reading only its first ``n`` keys (the rest masked off for its rows anyway); None: one call."""
+    if runs is None:
+        return attend(q, k, v, mask)
+    parts = [attend(q[a:e], k[a:e, :, :n], v[a:e, :, :n], mask[a:e, ..., :n]) for a, e, n in runs]
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
 def attend_folded(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
     """Grouped-query attention as equal-head attention: q [B, Hq, T, d] -> [B, Hkv, (Hq/Hkv)*T, d] (query
     head n belongs to K/V head n // (Hq/Hkv)); ``mask`` must be the same for every query position."""
@@ -202,11 +212,7 @@ class CrossAttention(nn.Module):
         if rope is not None:
             q = rope(q, positions)
         q = q.transpose(1, 2)
-        if segments is None or len(segments) == 1:
-            w = segments[0][2] if segments else k.shape[2]
-            y = attend(q, k[:, :, :w], v[:, :, :w], mask[..., :w])
-        else:
-            y = torch.cat([attend(q[a:e], k[a:e, :, :w], v[a:e, :, :w], mask[a:e, ..., :w]) for a, e, w in segments])
+        y = attend_in_runs(q, k, v, mask, segments)
         return self.out(y.transpose(1, 2).reshape(b, t, self.heads * self.head_dim))
 
 
@@ -345,12 +351,7 @@ class Decoder(nn.Module):
             q, k, v = layer.self_attn.project(layer.self_attn_norm(x), self.rope, pos, tables)
             cache.k[i, rows, :, positions] = k[:, :, 0].to(cache.k.dtype)
             cache.v[i, rows, :, positions] = v[:, :, 0].to(cache.v.dtype)
-            if segments is None or len(segments) == 1:
-                n = segments[0][2] if segments else length
-                y = attend(q, cache.k[i, :, :, :n], cache.v[i, :, :, :n], mask=visible[..., :n])
-            else:
-                y = torch.cat([attend(q[a:e], cache.k[i, a:e, :, :n], cache.v[i, a:e, :, :n],
-                                      mask=visible[a:e, ..., :n]) for a, e, n in segments])
+            y = attend_in_runs(q, cache.k[i, :, :, :length], cache.v[i, :, :, :length], visible, segments)
             x = x + layer.self_attn.merge(y)
             ck, cv = cross_kv[i]
             x = x + layer.cross_attn(layer.cross_attn_norm(x), ck, cv, cross_mask, self.cross_rope, pos,
