@@ -45,7 +45,8 @@ class SpeechModel(Protocol):
     def stream(self, requests: Iterable[Any], *, slots: int | None = None, decode_audio: bool = True,
                stats: Any = None, lookahead: int | None = None) -> Iterator[GenerationResult]:
         """Results of ``requests`` as each finishes (a ``None`` request: nothing ready yet); ``stats``
-        gets ``slots`` and ``lookahead`` (how many requests it holds beyond its slots) as it starts."""
+        gets ``slots`` as it starts. ``lookahead``: requests it may hold beyond its free slots (a
+        replica passes 0)."""
         ...
 
     def generate(self, texts: Any, **settings: Any) -> list[GenerationResult]:

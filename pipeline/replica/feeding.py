@@ -34,7 +34,7 @@ class EngineFeeder:
         self._begin, self._admitted, self._submit, self._finish_now = begin, admitted, submit, finish_now
         self._inbox: "queue.Queue[Prepared]" = queue.Queue()
         self._staged: list[Prepared] = []  # taken from the queue for the slots about to free up
-        self._seated: dict[str, Prepared] = {}  # rows the engine has pulled (seated or waiting) and not yet finished
+        self._seated: dict[str, Prepared] = {}  # rows the engine has pulled and not yet finished
         self._lock = threading.Lock()  # guards _seated (engine thread vs. rescue)
         self._stats: Any = None  # the running stream's StreamStats (its slot count is known as it starts)
         self.idle_s = 0.0  # engine time with no row seated
@@ -44,12 +44,6 @@ class EngineFeeder:
     def slots(self) -> int:
         """The engine's slot count (0 until it has started)."""
         return self._stats.slots if self._stats is not None else 0
-
-    @property
-    def holds(self) -> int:
-        """How many rows the engine takes in at most: its slots plus the rows it keeps waiting
-        beside them, so it can seat the longest first (its lookahead)."""
-        return self.slots + (getattr(self._stats, "lookahead", 0) or 0)
 
     def put(self, p: Prepared) -> None:
         """Queue a row for the engine (a new row, or a quality retry)."""
@@ -62,14 +56,14 @@ class EngineFeeder:
     def requests(self) -> Iterator[Any]:
         """The engine's endless source: queued rows as Requests, None while the queue is empty.
 
-        The rows the engine is about to take in (as many as it has room for: free slots plus its
-        lookahead) are passed to ``begin`` in one call, which returns before the first of them starts."""
+        The rows the engine is about to seat (as many as it has free slots) are passed to ``begin``
+        in one call, which returns before the first of them starts."""
         from ..model.protocol import Request  # deferred: dia_model loads torch
 
         staged = self._staged
         while True:
             if not staged:
-                free = max(1, (self.holds or 1) - len(self._seated))
+                free = max(1, (self.slots or 1) - len(self._seated))
                 while len(staged) < free:
                     try:
                         staged.append(self._inbox.get_nowait())
